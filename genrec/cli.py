@@ -1,0 +1,268 @@
+"""The `genrec` command line.
+
+Errors that come from bad input (config, source files, data that breaks the contract) end the
+command with exit code 1 and a short message that names the field and the fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from genrec.config import ConfigError, GenrecConfig, load_config
+
+app = typer.Typer(help="genrec: a generative recommender for advertising.", no_args_is_help=True)
+data_app = typer.Typer(help="Fetch, validate and describe data sets.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Run the Kubeflow pipeline locally, or compile it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(pipeline_app, name="pipeline")
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
+SetOption = typer.Option(None, "--set", help="Override a config field: section.key=value (repeatable).")
+DatasetArgument = typer.Argument(
+    None, help="movielens-100k, amazon-beauty, amazon-scientific, or a path. Default: data.dataset."
+)
+
+
+def friendly_errors(func: F) -> F:
+    """Turns the library's bad-input errors into a one-screen message and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from genrec.data.schema import ContractError
+        from genrec.data.sources import SourceError
+        from genrec.data.validation import DataValidationError
+
+        try:
+            return func(*args, **kwargs)
+        except DataValidationError as exc:
+            err_console.print("[bold red]data validation failed[/]")
+            err_console.print(str(exc), markup=False, highlight=False)
+            raise typer.Exit(1) from exc
+        except (ConfigError, SourceError, ContractError) as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _config(config_path: Path | None, overrides: list[str] | None, dataset: str | None = None) -> GenrecConfig:
+    extra = list(overrides or [])
+    if dataset:
+        extra.append(f"data.dataset={json.dumps(dataset)}")
+    return load_config(config_path, extra)
+
+
+# ------------------------------------------------------------------------------------------------
+# genrec data ...
+# ------------------------------------------------------------------------------------------------
+
+
+@data_app.command("fetch")
+@friendly_errors
+def data_fetch(
+    dataset: str | None = DatasetArgument,
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Make a data set available locally (downloads the MovieLens wheel into the cache)."""
+    from genrec.data.sources import recbole_wheel_path, resolve_source
+
+    cfg = _config(config_path, overrides, dataset)
+    kind, _ = resolve_source(cfg.data)
+    if kind == "recbole-atomic":
+        console.print(f"movielens-100k: {recbole_wheel_path(cfg.data)}")
+    else:
+        console.print(f"{cfg.data.dataset}: local {kind} source, nothing to fetch")
+
+
+@data_app.command("validate")
+@friendly_errors
+def data_validate(
+    dataset: str | None = DatasetArgument,
+    docs: Path = typer.Option(Path("runs/data-docs"), help="Folder for the Great Expectations Data Docs."),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Convert a source into the data contract and validate it; exit 1 with a report on failure."""
+    from genrec.data.ingest import ingest
+
+    cfg = _config(config_path, overrides, dataset)
+    with console.status(f"validating {cfg.data.dataset}"):
+        try:
+            result = ingest(cfg, data_docs_dir=docs)
+        finally:
+            index = docs / "index.html"
+            if index.exists():
+                err_console.print(f"Data Docs: {index}")
+    stats = result.validation.statistics
+    console.print(f"[green]valid[/]: {cfg.data.dataset} ({len(result.interactions)} interactions, "
+                  f"{len(result.catalogue)} items); {stats}")
+
+
+@data_app.command("stats")
+@friendly_errors
+def data_stats(
+    dataset: str | None = DatasetArgument,
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Print figures that describe a data set (after ingest and validation)."""
+    from genrec.data.ingest import ingest
+    from genrec.data.stats import dataset_stats
+
+    cfg = _config(config_path, overrides, dataset)
+    with console.status(f"loading {cfg.data.dataset}"):
+        result = ingest(cfg)
+    table = Table(title=f"{result.info.name} (value: {result.info.value_source})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in dataset_stats(result.interactions, result.catalogue).items():
+        table.add_row(key, _number(value))
+    console.print(table)
+    for note in result.info.notes:
+        console.print(f"note: {note}")
+
+
+# ------------------------------------------------------------------------------------------------
+# genrec pipeline ...
+# ------------------------------------------------------------------------------------------------
+
+_TASK_START = re.compile(r"Executing task '?([\w-]+)")
+_TASK_DONE = re.compile(r"Task '?([\w-]+)'? (finished with status|cache hit)")
+
+
+class _TaskProgress(io.TextIOBase):
+    """Receives kfp.local's stdout: keeps it in a log file and advances a progress bar per task."""
+
+    def __init__(self, log: io.TextIOBase, progress: Progress, task_id: Any, echo: bool) -> None:
+        self.log, self.progress, self.task_id, self.echo = log, progress, task_id, echo
+        self.finished: set[str] = set()
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        if self.echo:
+            sys.__stdout__.write(text)
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        for match in _TASK_START.finditer(plain):
+            self.progress.update(self.task_id, description=f"running {match.group(1)}")
+        for match in _TASK_DONE.finditer(plain):
+            if match.group(1) not in self.finished:
+                self.finished.add(match.group(1))
+                self.progress.advance(self.task_id)
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+@contextlib.contextmanager
+def _pipeline_progress(total: int, log_path: Path, echo: bool) -> Iterator[None]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn())
+    with open(log_path, "w") as log, Progress(*columns, console=Console(file=sys.__stdout__)) as progress:
+        task_id = progress.add_task("starting", total=total)
+        sink = _TaskProgress(log, progress, task_id, echo)
+        with contextlib.redirect_stdout(sink):  # type: ignore[type-var]
+            yield
+        progress.update(task_id, description="done", completed=total)
+
+
+@pipeline_app.command("run")
+@friendly_errors
+def pipeline_run(
+    local_run: bool = typer.Option(False, "--local", help="Run the DAG here with kfp.local."),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Data set name or path."),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    root: Path | None = typer.Option(None, help="Where task outputs go (default: pipeline.local_root)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Run every step even if cached."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every step's logs."),
+) -> None:
+    """Run the whole pipeline; `--local` runs it here on kfp.local's SubprocessRunner."""
+    if not local_run:
+        err_console.print("error: only --local runs are started from here; for a cluster use "
+                          "`genrec pipeline compile` and submit the YAML")
+        raise typer.Exit(2)
+    from pipelines.genrec_pipeline import count_tasks, run_local
+
+    cfg = _config(config_path, overrides, dataset)
+    if no_cache:
+        cfg.pipeline.enable_caching = False
+    run_root = Path(root or cfg.pipeline.local_root).resolve()
+    log_path = run_root / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    console.print(f"genrec pipeline on [bold]{cfg.data.dataset}[/] (kfp.local, outputs in {run_root})")
+    try:
+        with _pipeline_progress(count_tasks(cfg), log_path, verbose):
+            result = run_local(cfg, run_root)
+    except RuntimeError as exc:
+        tail = log_path.read_text().splitlines()[-60:] if log_path.exists() else []
+        err_console.print("\n".join(tail), markup=False, highlight=False)
+        err_console.print(f"[bold red]pipeline failed:[/] {exc}\nfull log: {log_path}")
+        raise typer.Exit(1) from exc
+    _print_run_summary(result, log_path)
+
+
+def _print_run_summary(result: Any, log_path: Path) -> None:
+    cached = f", {len(result.cached_steps)} step(s) from cache" if result.cached_steps else ""
+    table = Table(title=f"genrec run finished in {result.seconds:.1f}s{cached}")
+    table.add_column("step")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for step, figures in result.metrics().items():
+        for key, value in figures.items():
+            table.add_row(step, key, _number(value))
+    console.print(table)
+    for name, path in result.reports().items():
+        console.print(f"report [bold]{name}[/]: {path}")
+    console.print(f"log: {log_path}")
+
+
+@pipeline_app.command("compile")
+@friendly_errors
+def pipeline_compile(
+    output: Path = typer.Option(Path("genrec_pipeline.yaml"), "--output", "-o", help="IR YAML to write."),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Compile the pipeline to Kubeflow IR YAML (parameter defaults come from the config)."""
+    from pipelines.genrec_pipeline import compile_pipeline
+
+    cfg = _config(config_path, overrides)
+    path = compile_pipeline(cfg, output)
+    console.print(f"compiled {cfg.pipeline.name} to {path} (image {cfg.pipeline.image})")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

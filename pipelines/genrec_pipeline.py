@@ -1,0 +1,137 @@
+"""The genrec Kubeflow DAG, built from the typed config, plus local run and compile entry points.
+
+`build_pipeline(config)` returns a pipeline whose single parameter `config` defaults to the given
+config as a dict; every component rebuilds the typed `GenrecConfig` from it.
+"""
+
+
+import logging
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from kfp import compiler, dsl, local
+from kfp.dsl import HTML, Artifact, Dataset, Metrics
+
+from components.data import ingest_and_validate, split_interactions
+from genrec.config import GenrecConfig
+
+
+def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
+    """Returns the pipeline function. `image` (a cluster run) replaces every component's image."""
+    defaults = config.to_dict()
+
+    def on_image(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return task.set_container_image(image) if image else task
+
+    # Every step's metrics and reports are pipeline outputs, so a local run (cached steps included)
+    # can print one summary at the end.
+    class Outputs(NamedTuple):
+        splits: Dataset
+        data_docs: Artifact
+        data_report: HTML
+        ingest_metrics: Metrics
+        split_metrics: Metrics
+
+    @dsl.pipeline(name=config.pipeline.name, description="genrec: data -> codebook -> model -> serving")
+    def genrec_pipeline(config: dict = defaults) -> Outputs:
+        ingest = on_image(ingest_and_validate(config=config)).set_display_name("ingest + validate")
+        split = on_image(
+            split_interactions(
+                config=config,
+                interactions=ingest.outputs["interactions"],
+                catalogue=ingest.outputs["catalogue"],
+            )
+        ).set_display_name("leave-one-out split")
+        return Outputs(
+            splits=split.outputs["splits"],
+            data_docs=ingest.outputs["data_docs"],
+            data_report=split.outputs["report"],
+            ingest_metrics=ingest.outputs["metrics"],
+            split_metrics=split.outputs["metrics"],
+        )
+
+    return genrec_pipeline
+
+
+def compile_pipeline(config: GenrecConfig, output: "str | Path") -> Path:
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(config, image=config.pipeline.image), str(output))
+    return output
+
+
+@dataclass
+class LocalRun:
+    root: Path
+    seconds: float
+    outputs: dict[str, Any] = field(default_factory=dict)
+    cached_steps: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """Step name -> its kfp Metrics, from the pipeline outputs named `<step>_metrics`."""
+        return {name.removesuffix("_metrics"): dict(artifact.metadata)
+                for name, artifact in self.outputs.items() if name.endswith("_metrics")}
+
+    def reports(self) -> dict[str, str]:
+        """Reports a person opens: HTML artefacts and the Data Docs index."""
+        found = {name: artifact.path for name, artifact in self.outputs.items()
+                 if type(artifact).schema_title == HTML.schema_title}
+        docs = self.outputs.get("data_docs")
+        if docs is not None and docs.metadata.get("index"):
+            found["data_docs"] = docs.metadata["index"]
+        return found
+
+
+def run_local(config: GenrecConfig, root: str | Path | None = None) -> LocalRun:
+    """Runs the whole DAG in this Python environment with kfp.local's SubprocessRunner."""
+    root = Path(root or config.pipeline.local_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=config.pipeline.enable_caching,
+        cache_root=str(root / ".kfp_cache"),
+    )
+    pipeline = build_pipeline(config)
+    cache_hits = _CacheHitLog()
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(cache_hits)
+    root_logger.setLevel(min(level, logging.INFO) or logging.INFO)
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+        # kfp.local warns that images and display names have no effect locally: expected here.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            task = pipeline(config=config.to_dict())
+    finally:
+        root_logger.removeHandler(cache_hits)
+        root_logger.setLevel(level)
+    return LocalRun(root=root, seconds=time.perf_counter() - start, outputs=dict(task.outputs),
+                    cached_steps=cache_hits.steps)
+
+
+class _CacheHitLog(logging.Handler):
+    """Notes the steps kfp.local served from its cache, and echoes that to stdout."""
+
+    pattern = re.compile(r"Task '?([\w-]+)'? cache hit")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.steps: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self.pattern.search(re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()))
+        if match:
+            self.steps.append(match.group(1))
+            print(f"Task {match.group(1)} cache hit: skipped", file=sys.stdout, flush=True)
+
+
+def count_tasks(config: GenrecConfig) -> int:
+    return len(build_pipeline(config).pipeline_spec.root.dag.tasks)
