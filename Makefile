@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Extra flags for `genrec pipeline run`, e.g. make run RUN_ARGS="--dataset amazon-beauty".
 RUN_ARGS ?=
 
-.PHONY: install run test bench lint compile clean
+.PHONY: install run test bench lint compile lock clean
 
 # torch goes in first and alone: any other route pulls a multi-GB CUDA build where the CPU wheel
 # pinned here is wanted. Everything else is pinned in requirements.lock.
@@ -39,3 +39,9 @@ compile: install
 
 clean:
 	rm -rf runs local_outputs .pytest_cache .mypy_cache .ruff_cache
+
+# Re-pin requirements.lock from the current venv (after changing dependencies in pyproject.toml).
+lock:
+	{ echo "# Exact versions that resolve together (pip freeze of a working venv, torch excluded: the"; \
+	  echo "# Makefile installs torch==2.13.0 first, on its own). Regenerate with: make lock"; \
+	  $(PIP) freeze --exclude-editable | grep -iv '^torch=='; } > requirements.lock

@@ -18,13 +18,12 @@ def ingest_and_validate(
     Expectations. On failure it prints the short report and fails; no data artefact is written."""
     import sys
 
+    from components.runtime import log_metrics
     from genrec.config import GenrecConfig
     from genrec.data.ingest import ingest
     from genrec.data.schema import CATALOGUE, INTERACTIONS
     from genrec.data.validation import DataValidationError
     from genrec.io import write_parquet
-
-    from components.runtime import log_metrics
 
     cfg = GenrecConfig.from_dict(config)
     try:
@@ -46,7 +45,8 @@ def ingest_and_validate(
         "users": dataset.interactions["user_id"].nunique(),
         "items": len(dataset.catalogue),
         "interactions": len(dataset.interactions),
-        **{f"validation_{k}": v for k, v in dataset.validation.statistics.items() if isinstance(v, (int, float))},
+        **{f"validation_{k}": v for k, v in dataset.validation.statistics.items()
+           if isinstance(v, (int, float))},
     })
 
 
@@ -62,13 +62,12 @@ def split_interactions(
     """Leave-one-out split plus a data set report with plots."""
     import json
 
+    from components.runtime import log_metrics
     from genrec.config import GenrecConfig
     from genrec.data.schema import DatasetInfo
     from genrec.data.split import leave_one_out
     from genrec.data.stats import dataset_stats, stats_report
     from genrec.io import read_parquet, write_parquet
-
-    from components.runtime import log_metrics
 
     GenrecConfig.from_dict(config)  # fail early on a bad config
     frame = leave_one_out(read_parquet(interactions.path))

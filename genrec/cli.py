@@ -29,6 +29,8 @@ data_app = typer.Typer(help="Fetch, validate and describe data sets.", no_args_i
 pipeline_app = typer.Typer(help="Run the Kubeflow pipeline locally, or compile it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(pipeline_app, name="pipeline")
+config_app = typer.Typer(help="Show the typed configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -64,11 +66,23 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _config(config_path: Path | None, overrides: list[str] | None, dataset: str | None = None) -> GenrecConfig:
+def _config(
+    config_path: Path | None, overrides: list[str] | None, dataset: str | None = None
+) -> GenrecConfig:
     extra = list(overrides or [])
     if dataset:
         extra.append(f"data.dataset={json.dumps(dataset)}")
     return load_config(config_path, extra)
+
+
+@config_app.command("show")
+@friendly_errors
+def config_show(config_path: Path | None = ConfigOption, overrides: list[str] | None = SetOption) -> None:
+    """Print the full configuration (defaults, then the file, then --set) as YAML."""
+    import yaml
+
+    cfg = _config(config_path, overrides)
+    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -159,7 +173,7 @@ class _TaskProgress(io.TextIOBase):
 
     def write(self, text: str) -> int:
         self.log.write(text)
-        if self.echo:
+        if self.echo and sys.__stdout__ is not None:
             sys.__stdout__.write(text)
         plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
         for match in _TASK_START.finditer(plain):

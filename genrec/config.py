@@ -158,7 +158,7 @@ def _build(cls: type[T], raw: Any, prefix: str) -> T:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{where}.")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

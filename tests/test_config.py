@@ -48,3 +48,10 @@ def test_yaml_and_overrides(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text("data: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_shipped_configs_load() -> None:
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        load_config(path)

@@ -75,7 +75,11 @@ def example_rows(failure: Failure) -> list[int]:
 
 
 def test_valid_data_passes():
-    report = run(*make_pair())
+    interactions, catalogue = make_pair()
+    before = interactions.copy(), catalogue.copy()
+    report = run(interactions, catalogue)
+    pd.testing.assert_frame_equal(interactions, before[0])
+    pd.testing.assert_frame_equal(catalogue, before[1])
     assert report.success, report.summary()
     assert report.failures == []
     assert report.statistics["evaluated_expectations"] == report.statistics["successful_expectations"] > 0
@@ -184,6 +188,7 @@ def test_user_with_too_few_interactions():
     assert failure.examples[0]["user_id"] == "u2"
     assert failure.examples[0]["user_interaction_count"] == 1
     assert str(MIN_PER_USER) in failure.description
+    assert "drop the 1 user(s)" in failure.fix
 
 
 def test_duplicate_catalogue_item_id():

@@ -121,7 +121,9 @@ def load_movielens_100k(config: DataConfig) -> RawDataset:
 
 
 def _order_only_interactions(sequences: list[tuple[str, list[str]]], epoch: str) -> pd.DataFrame:
-    users, items, positions = [], [], []
+    users: list[str] = []
+    items: list[str] = []
+    positions: list[int] = []
     for user, seq in sequences:
         users.extend([user] * len(seq))
         items.extend(seq)
@@ -232,7 +234,8 @@ def _read_table(path: Path) -> pd.DataFrame:
         if suffix == ".parquet":
             return pd.read_parquet(path)
         if suffix in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype={"user_id": str, "item_id": str})
+            separator = "\t" if suffix == ".tsv" else ","
+            return pd.read_csv(path, sep=separator, dtype={"user_id": str, "item_id": str})
     except FileNotFoundError as exc:
         raise SourceError(f"{path} does not exist") from exc
     except (ValueError, OSError) as exc:

@@ -56,5 +56,6 @@ def stats_report(
     report.heading("Distributions").plot(fig)
     if "split" in interactions.columns:
         counts = interactions["split"].value_counts()
-        report.heading("Leave-one-out split").table(["split", "rows"], [[k, int(v)] for k, v in counts.items()])
+        rows = [[name, int(count)] for name, count in counts.items()]
+        report.heading("Leave-one-out split").table(["split", "rows"], rows)
     return report
