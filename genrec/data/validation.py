@@ -247,7 +247,7 @@ def _interactions_table(
             "timestamp_in_order": ~(timestamps < previous).to_numpy(),
             "previous_timestamp": previous,
             "user_interaction_count": counts,
-            "item_in_catalogue": np.where(frame["item_id"].isna(), None, known).astype(object),
+            "item_in_catalogue": np.asarray(np.where(frame["item_id"].isna(), None, known), dtype=object),
             "value_is_finite": ~np.isinf(values.to_numpy(dtype="float64")),
         },
         index=frame.index,
