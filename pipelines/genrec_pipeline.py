@@ -74,7 +74,7 @@ class LocalRun:
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         """Step name -> its kfp Metrics, from the pipeline outputs named `<step>_metrics`."""
-        return {name.removesuffix("_metrics"): dict(artifact.metadata)
+        return {name.removesuffix("_metrics"): dict(sorted(artifact.metadata.items()))
                 for name, artifact in self.outputs.items() if name.endswith("_metrics")}
 
     def reports(self) -> dict[str, str]:
@@ -113,7 +113,9 @@ def run_local(config: GenrecConfig, root: str | Path | None = None) -> LocalRun:
     finally:
         root_logger.removeHandler(cache_hits)
         root_logger.setLevel(level)
-    return LocalRun(root=root, seconds=time.perf_counter() - start, outputs=dict(task.outputs),
+    # In DAG order (the order the pipeline declares its outputs), for a readable summary.
+    outputs = {name: task.outputs[name] for name in pipeline.component_spec.outputs}
+    return LocalRun(root=root, seconds=time.perf_counter() - start, outputs=outputs,
                     cached_steps=cache_hits.steps)
 
 
