@@ -1,0 +1,29 @@
+"""Prometheus metric names shared by the predictor, the controller, alerts and the dashboard.
+
+Names follow Prometheus conventions (snake_case, a `genrec_` namespace, base units, `_total` for
+counters, `_seconds` for durations). No label ever carries a user id: labels are bounded sets.
+"""
+
+# Predictor
+REQUEST_SECONDS = "genrec_request_duration_seconds"  # histogram, end to end
+FEATURE_FETCH_SECONDS = "genrec_feature_fetch_duration_seconds"  # histogram, Feast online read
+DECODE_SECONDS = "genrec_decode_duration_seconds"  # histogram, beam search (+ DARE)
+REQUESTS = "genrec_requests_total"  # counter, label code: ok | client_error | server_error
+INFLIGHT = "genrec_inflight_requests"  # gauge
+BATCH_SIZE = "genrec_batch_size"  # histogram, requests per decode batch
+BEAM_RUNG = "genrec_beam_rung"  # gauge, current rung index
+BEAM_WIDTH = "genrec_beam_width"  # gauge, label level
+GUARD_STEPDOWNS = "genrec_inflight_guard_stepdowns_total"  # counter
+DARE_DRAFT_TOKENS = "genrec_dare_draft_tokens_total"  # counter
+DARE_ACCEPTED_TOKENS = "genrec_dare_accepted_tokens_total"  # counter
+DECODER_PASSES = "genrec_decoder_passes_total"  # counter
+FEAST_MISSES = "genrec_feast_misses_total"  # counter, label reason: unknown_user | unavailable
+FEAST_ERRORS = "genrec_feast_errors_total"  # counter
+FALLBACKS = "genrec_context_fallbacks_total"  # counter, label kind: history_only | popular
+
+# Controller
+CONTROLLER_DECISIONS = "genrec_controller_decisions_total"  # counter, label action: up | down | hold | fallback
+CONTROLLER_RUNG = "genrec_controller_rung"  # gauge
+CONTROLLER_PROM_ERRORS = "genrec_controller_prometheus_errors_total"  # counter
+CONTROLLER_PUSH_ERRORS = "genrec_controller_push_errors_total"  # counter (per-replica detail goes to logs)
+CONTROLLER_P99_SECONDS = "genrec_controller_observed_p99_seconds"  # gauge

@@ -1,0 +1,87 @@
+"""Beam policies and the ladder they are chosen from.
+
+A beam policy is one width per semantic-ID level. The ladder lists policies from the cheapest
+(narrowest) rung to the most expensive (widest); the controller and each replica's local guard only
+ever move along it, so every policy in force is one an operator configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class PolicyError(ValueError):
+    """A beam policy is outside what the ladder allows."""
+
+
+@dataclass(frozen=True)
+class BeamPolicy:
+    widths: tuple[int, ...]
+
+    def for_levels(self, levels: int) -> tuple[int, ...]:
+        """Widths for `levels` levels: a shorter policy repeats its last width for deeper levels."""
+        if not self.widths:
+            raise PolicyError("a beam policy needs at least one width")
+        return tuple(self.widths[min(i, len(self.widths) - 1)] for i in range(levels))
+
+    @property
+    def cost(self) -> int:
+        """Beams expanded over all levels: what decode time grows with."""
+        return sum(self.widths)
+
+    def label(self) -> str:
+        return "x".join(map(str, self.widths))
+
+
+@dataclass(frozen=True)
+class BeamLadder:
+    rungs: tuple[BeamPolicy, ...]
+    default_rung: int
+    max_width: int
+
+    @classmethod
+    def from_config(cls, rungs: Sequence[Sequence[int]], default_rung: int, max_width: int) -> BeamLadder:
+        if not rungs:
+            raise PolicyError("serving.beam_ladder needs at least one rung")
+        policies = []
+        for index, widths in enumerate(rungs):
+            if not widths or any(w < 1 or w > max_width for w in widths):
+                raise PolicyError(
+                    f"serving.beam_ladder[{index}]={list(widths)}: every width must be 1..{max_width}"
+                )
+            policies.append(BeamPolicy(tuple(int(w) for w in widths)))
+        costs = [p.cost for p in policies]
+        if costs != sorted(costs):
+            raise PolicyError(f"serving.beam_ladder must be ordered from cheapest to widest; costs {costs}")
+        if not 0 <= default_rung < len(policies):
+            raise PolicyError(f"serving.default_rung={default_rung} must be 0..{len(policies) - 1}")
+        return cls(tuple(policies), default_rung, max_width)
+
+    def __len__(self) -> int:
+        return len(self.rungs)
+
+    @property
+    def top(self) -> int:
+        return len(self.rungs) - 1
+
+    def clamp(self, rung: int) -> int:
+        return max(0, min(self.top, rung))
+
+    def policy(self, rung: int) -> BeamPolicy:
+        if not 0 <= rung < len(self.rungs):
+            raise PolicyError(f"rung {rung} is outside the ladder 0..{self.top}")
+        return self.rungs[rung]
+
+    def check_request_policy(self, widths: Sequence[int]) -> BeamPolicy:
+        """A per-request policy may be narrower than the widest rung, never wider."""
+        widest = self.rungs[-1]
+        if not widths:
+            raise PolicyError("beam_policy must list at least one width")
+        for level, width in enumerate(widths):
+            if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+                raise PolicyError(f"beam_policy[{level}] must be a positive integer, got {width!r}")
+            bound = widest.for_levels(len(widths))[level]
+            if width > bound:
+                raise PolicyError(f"beam_policy[{level}]={width} exceeds the widest allowed width {bound}")
+        return BeamPolicy(tuple(widths))
