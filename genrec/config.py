@@ -67,6 +67,206 @@ class BidConfig:
 
 
 @dataclass
+class SidConfig:
+    """UA-SID: the item features behind the semantic IDs and their residual quantisation.
+
+    Each item's vector fuses up to four parts (text, business attributes, value bucket,
+    collaborative); each part is L2-normalised per item, multiplied by its weight and concatenated.
+    A part that is switched off, has zero weight, or has no data in the catalogue is left out.
+    """
+
+    seed: int = 20240601
+    # Residual quantisation: `levels` levels of `codes_per_level` codes, plus one dedup level.
+    levels: int = 3
+    codes_per_level: int = 256
+    # "rq_kmeans" (default) or "rq_vae".
+    quantizer: str = "rq_kmeans"
+    # Capacity-constrained k-means: no code takes more than ceil(balance_slack * items / codes) items.
+    balanced: bool = True
+    balance_slack: float = 1.0
+    kmeans_iters: int = 20
+    # Text part: the packaged all-MiniLM-L6-v2, on title, description and categories.
+    use_text: bool = True
+    text_weight: float = 1.0
+    text_fields: list[str] = field(default_factory=lambda: ["title", "description", "categories"])
+    text_batch_size: int = 64
+    # Longer texts are truncated; 128 word pieces keep most titles + the start of a description.
+    text_max_tokens: int = 128
+    # Embeddings are cached here by a hash of model, length limit and text; empty disables the cache.
+    text_cache_dir: str = "~/.cache/genrec/text-embeddings"
+    # Business attributes (brand + categories): multi-hot reduced by "svd", or "hash"ed.
+    use_attributes: bool = True
+    attribute_weight: float = 1.0
+    attribute_encoding: str = "svd"
+    attribute_dim: int = 64
+    # Quantile bucket of the item value, one-hot.
+    use_value: bool = True
+    value_weight: float = 0.5
+    value_buckets: int = 8
+    # Collaborative part: PPMI over a sliding window of training sequences, reduced by truncated SVD.
+    use_collaborative: bool = True
+    collaborative_weight: float = 1.0
+    collab_window: int = 5
+    collab_dim: int = 64
+    # Context distribution smoothing of PPMI (Levy et al. 2015); 1.0 is plain PPMI.
+    collab_context_alpha: float = 0.75
+    # Item vectors are U * S**power; 0.5 splits the singular values between items and contexts.
+    collab_svd_power: float = 0.5
+    # Power iterations of the randomised SVDs.
+    svd_iters: int = 7
+    # RQ-VAE (quantizer="rq_vae"): a small MLP auto-encoder with a residual codebook.
+    rqvae_hidden_dim: int = 256
+    rqvae_latent_dim: int = 32
+    rqvae_epochs: int = 60
+    rqvae_batch_size: int = 512
+    rqvae_lr: float = 1e-3
+    rqvae_commitment: float = 0.25
+    # Items per code listed by `genrec sid show` and in reports.
+    show_limit: int = 10
+
+
+@dataclass
+class ModelConfig:
+    """The semantic-ID decoder: its context (summary tokens + recent items) and its layers."""
+
+    # "lazyar": the lower layers - top_layers see only the context and a learned query per level
+    # and run once per request; "ar": every layer sees the generated prefix (the baseline).
+    decoder: str = "lazyar"
+    d_model: int = 128
+    layers: int = 4
+    # M: the top layers that take the beam's generated prefix (LazyAR only; AR uses all layers).
+    top_layers: int = 1
+    heads: int = 4
+    # Feed-forward width as a multiple of d_model.
+    ffn_multiplier: int = 2
+    dropout: float = 0.1
+    # The last R items of the history form the context, most recent first.
+    recent_items: int = 20
+    # How a recent item is embedded: its own learned vector and/or the sum of its SID code vectors.
+    item_embedding: bool = True
+    code_embedding: bool = True
+    # Per-user summary tokens (VISTA, read from Feast) join the context when a provider gives them.
+    use_summary: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Teacher-forced training with the value-aware loss (VSL), and the evaluation it reports."""
+
+    seed: int = 1234
+    epochs: int = 3
+    batch_size: int = 512
+    lr: float = 3e-3
+    # The learning rate warms up over this fraction of the steps, then decays to zero.
+    warmup_fraction: float = 0.02
+    # "cosine" or "linear" decay to zero.
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # Batches hold examples of similar history length, which cuts padding (1.8x in the prototype).
+    group_by_length: bool = True
+    # VSL: each example's cross-entropy is weighted by its normalised value; off gives plain CE.
+    vsl: bool = True
+    # "log1p" (weight = log(1 + value) / mean) or "linear" (value / mean).
+    value_transform: str = "log1p"
+    # An optional head that regresses the transformed value of the next item beside the codes.
+    value_head: bool = False
+    value_head_weight: float = 0.1
+    # Steps between checkpoints (one is always written at the end of every epoch).
+    checkpoint_every: int = 200
+    # Torch intra-op threads per process; 0 keeps torch's default.
+    threads: int = 0
+    # Processes for data-parallel training (torchrun / DDP; gloo on CPU, NCCL on GPU).
+    processes: int = 1
+    # Stop early after this many minutes of training (0: no limit); the schedule still ends at zero.
+    max_minutes: float = 0.0
+    # Validation during training: on this many users (0: all), every `eval_every` epochs.
+    valid_users: int = 2000
+    eval_every: int = 1
+    # Beam width per SID level (the last entry repeats for deeper levels) and the K of top-K.
+    beam_widths: list[int] = field(default_factory=lambda: [20])
+    top_k: int = 10
+    eval_batch_size: int = 256
+
+
+@dataclass
+class VistaConfig:
+    """VISTA summariser: K learned query tokens attend over a user's whole history (O(history)).
+
+    Snapshots of the summaries are refreshed on a schedule: per calendar period on data with real
+    timestamps, every S interactions on order-only data (whose timestamps are synthetic, one second
+    per position). A snapshot's event time is that of the last interaction it includes.
+    """
+
+    seed: int = 20240701
+    # The summary: `summary_tokens` (K) tokens of `dim` (d) floats, attended with `heads` heads.
+    summary_tokens: int = 4
+    dim: int = 64
+    heads: int = 2
+    # Attention logits are soft-capped to [-cap, cap] (cap * tanh(x / cap)). The bounded range lets
+    # prefix and snapshot sums run without a running maximum, with no float under- or overflow.
+    logit_cap: float = 10.0
+    # Hidden width of the per-token MLP that reads the attention sums out into summary tokens.
+    readout_hidden: int = 128
+    # Items per chunk when summarising one long history: bounds memory at any history length.
+    chunk_size: int = 4096
+    # Most recent items a summary sees; 0 means the whole history (the point of VISTA).
+    max_history: int = 0
+    # Training summarises every prefix of a sequence at once, holding batch x length x K x d floats,
+    # so training sequences keep only their last `train_max_history` items.
+    train_max_history: int = 1024
+    epochs: int = 10
+    # User sequences per optimiser step, and next-item examples drawn from each sequence per epoch.
+    batch_size: int = 128
+    positions_per_user: int = 16
+    # Uniformly sampled negatives, shared by all examples of a step.
+    negatives: int = 512
+    # The reconstruction loss: the summary must rank items of its own history above the negatives.
+    reconstruction_weight: float = 0.5
+    reconstruction_samples: int = 4
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    init_std: float = 0.02
+    # Torch intra-op threads for training and snapshotting; 0 leaves torch's default.
+    threads: int = 0
+    # Validation: Recall/NDCG@k of the summary scorer on the valid target, over the whole catalogue.
+    eval_top_k: int = 10
+    eval_batch_users: int = 256
+    # Refresh schedule: "period", "count", or "auto" (period for real timestamps, count for
+    # order-only data).
+    refresh: str = "auto"
+    # A pandas offset alias: "1D" is one snapshot per user per UTC day with activity.
+    refresh_period: str = "1D"
+    # S: one snapshot per user after every S interactions (plus one after the user's last).
+    refresh_every_interactions: int = 5
+    # The interactions snapshots include. Train + valid keeps the test target out of the online
+    # store, so a leave-one-out test run through serving cannot see it.
+    snapshot_splits: list[str] = field(default_factory=lambda: ["train", "valid"])
+    snapshot_batch_users: int = 1024
+
+
+@dataclass
+class FeatureStoreConfig:
+    """The Feast feature repo a run produces: file offline store, sqlite or Redis online store."""
+
+    project: str = "genrec"
+    # "sqlite" (embedded default) or "redis" (production-like).
+    online_store: str = "sqlite"
+    # host:port[,option=value...], as Feast's Redis online store expects.
+    redis_connection_string: str = "localhost:6379"
+    # Redis keys expire after this many seconds; 0 keeps them.
+    redis_key_ttl_seconds: int = 0
+    # The feature_repo template folder; empty means the checkout's feature_repo/, else the image's.
+    template_dir: str = ""
+    # Rows per online-store write, to bound memory while materialising.
+    online_write_batch_rows: int = 20000
+    # Event time of static features (item semantic IDs): early, so every point-in-time join sees them.
+    static_timestamp: str = "1970-01-01T00:00:00Z"
+    # Items listed per summary token by `genrec features show`.
+    show_top_items: int = 5
+
+
+@dataclass
 class PipelineConfig:
     """How the Kubeflow pipeline runs."""
 
@@ -79,10 +279,87 @@ class PipelineConfig:
 
 
 @dataclass
+class ServingConfig:
+    """The KServe predictor: request bounds, the beam ladder, batching, the local guard, DARE."""
+
+    model_name: str = "genrec"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    # Rungs of per-level beam widths, cheapest first; a shorter list repeats its last width.
+    beam_ladder: list[list[int]] = field(default_factory=lambda: [[4], [8], [16], [32]])
+    default_rung: int = 2
+    # No request or admin call may ask for a width above this.
+    max_beam_width: int = 64
+    max_top_k: int = 50
+    max_recent_items: int = 200
+    max_body_bytes: int = 65536
+    max_instances_per_request: int = 64
+    # Dynamic batching across concurrent requests.
+    max_batch_size: int = 32
+    max_batch_wait_ms: float = 2.0
+    # The local guard steps one rung down at once when in-flight requests pass this bound.
+    inflight_guard: int = 64
+    # The admin endpoint (beam policy updates) needs `Authorization: Bearer <token>`; the token is
+    # read from this environment variable (a Kubernetes Secret in a cluster).
+    admin_token_env: str = "GENREC_ADMIN_TOKEN"
+    # Feast online reads slower than this count as unavailable and fall back to history only.
+    feature_timeout_ms: float = 50.0
+    # DARE speculative decoding: drafts of full-ID completions from per-cluster retrieval pools.
+    dare: bool = False
+    dare_clusters: int = 16
+    dare_drafts: int = 4
+    # Relaxed verification: a draft token is accepted if it is in the model's top-k there and its
+    # probability is at least p (the paper's defaults).
+    dare_top_k: int = 2
+    dare_min_prob: float = 0.1
+
+
+@dataclass
+class ControllerConfig:
+    """The Prometheus-driven beam-width controller: SLO, control law and fail-safes."""
+
+    prometheus_url: str = "http://127.0.0.1:9090"
+    # PromQL label matcher that selects the predictor's series, e.g. 'job="genrec-predictor"'.
+    selector: str = 'job="genrec-predictor"'
+    slo_p99_seconds: float = 0.1
+    interval_seconds: float = 5.0
+    # Range of rate() and histogram_quantile() windows.
+    window: str = "30s"
+    # Hysteresis: step down above step_down_ratio x SLO; step up only below step_up_ratio x SLO
+    # for `up_after` consecutive intervals.
+    step_down_ratio: float = 0.9
+    step_up_ratio: float = 0.6
+    up_after: int = 3
+    # No two rung changes closer than this.
+    cooldown_seconds: float = 30.0
+    # Prometheus unreachable or NaN: keep the last policy this long, then fall back to safe_rung.
+    hold_seconds: float = 60.0
+    safe_rung: int = 0
+    # Replicas: a fixed list of base URLs locally, or the Endpoints of a Service in a cluster.
+    replicas: list[str] = field(default_factory=list)
+    kubernetes_service: str = ""
+    kubernetes_namespace: str = "default"
+    admin_port: int = 8080
+    push_timeout_seconds: float = 2.0
+    push_retries: int = 5
+    push_backoff_seconds: float = 0.5
+    metrics_port: int = 9105
+    # The controller remembers its last rung here so a restart does not flap the policy.
+    state_file: str = "/tmp/genrec-controller-state.json"
+
+
+@dataclass
 class GenrecConfig:
     data: DataConfig = field(default_factory=DataConfig)
     bids: BidConfig = field(default_factory=BidConfig)
+    sid: SidConfig = field(default_factory=SidConfig)
+    vista: VistaConfig = field(default_factory=VistaConfig)
+    features: FeatureStoreConfig = field(default_factory=FeatureStoreConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
     seed: int = 42
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +412,114 @@ class GenrecConfig:
         for name in ("advertiser_log_sigma", "item_log_sigma"):
             if getattr(self.bids, name) < 0:
                 raise ConfigError(f"bids.{name} must be non-negative")
+        self._check_sid()
+        self._check_vista()
+        self._check_features()
+        self._check_model_train()
+
+    def _check_model_train(self) -> None:
+        model, train = self.model, self.train
+        if model.decoder not in ("lazyar", "ar"):
+            raise ConfigError(f"model.decoder must be lazyar or ar, got {model.decoder!r}")
+        if not 1 <= model.top_layers <= model.layers:
+            raise ConfigError("model.top_layers must be between 1 and model.layers")
+        if model.d_model % model.heads:
+            raise ConfigError("model.d_model must be a multiple of model.heads")
+        if not (model.item_embedding or model.code_embedding):
+            raise ConfigError("model: switch on item_embedding or code_embedding, or items have no vector")
+        if not 0.0 <= model.dropout < 1.0:
+            raise ConfigError("model.dropout must be in [0, 1)")
+        for name in ("d_model", "layers", "heads", "ffn_multiplier", "recent_items"):
+            if getattr(model, name) < 1:
+                raise ConfigError(f"model.{name} must be at least 1")
+        for name in ("epochs", "batch_size", "checkpoint_every", "processes", "eval_every", "top_k",
+                     "eval_batch_size"):
+            if getattr(train, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1")
+        if train.lr <= 0 or train.weight_decay < 0 or train.grad_clip < 0 or train.max_minutes < 0:
+            raise ConfigError("train.lr must be positive; weight_decay, grad_clip, max_minutes non-negative")
+        if not 0.0 <= train.warmup_fraction < 1.0:
+            raise ConfigError("train.warmup_fraction must be in [0, 1)")
+        if train.schedule not in ("cosine", "linear"):
+            raise ConfigError(f"train.schedule must be cosine or linear, got {train.schedule!r}")
+        if train.value_transform not in ("log1p", "linear"):
+            raise ConfigError(f"train.value_transform must be log1p or linear, got {train.value_transform!r}")
+        if not train.beam_widths or min(train.beam_widths) < 1:
+            raise ConfigError("train.beam_widths needs at least one width, each at least 1")
+        if train.threads < 0 or train.valid_users < 0 or train.value_head_weight < 0:
+            raise ConfigError("train.threads, train.valid_users and train.value_head_weight must be >= 0")
+
+    def _check_sid(self) -> None:
+        sid = self.sid
+        if sid.levels < 1 or sid.codes_per_level < 2:
+            raise ConfigError("sid.levels must be at least 1 and sid.codes_per_level at least 2")
+        if sid.quantizer not in ("rq_kmeans", "rq_vae"):
+            raise ConfigError(f"sid.quantizer must be rq_kmeans or rq_vae, got {sid.quantizer!r}")
+        if sid.attribute_encoding not in ("svd", "hash"):
+            raise ConfigError(f"sid.attribute_encoding must be svd or hash, got {sid.attribute_encoding!r}")
+        unknown = sorted(set(sid.text_fields) - {"title", "description", "brand", "categories"})
+        if unknown:
+            raise ConfigError(f"sid.text_fields: unknown field {unknown[0]!r}; use title, description, "
+                              "brand or categories")
+        if sid.balance_slack < 1.0:
+            raise ConfigError("sid.balance_slack must be at least 1.0: less leaves items without a code")
+        if sid.value_buckets < 2:
+            raise ConfigError("sid.value_buckets must be at least 2")
+        positive = ("kmeans_iters", "text_batch_size", "text_max_tokens", "attribute_dim", "collab_window",
+                    "collab_dim", "svd_iters", "rqvae_hidden_dim", "rqvae_latent_dim", "rqvae_epochs",
+                    "rqvae_batch_size", "show_limit")
+        for name in positive:
+            if getattr(sid, name) < 1:
+                raise ConfigError(f"sid.{name} must be at least 1")
+        if sid.rqvae_lr <= 0 or sid.rqvae_commitment < 0 or sid.collab_context_alpha <= 0:
+            raise ConfigError("sid.rqvae_lr and sid.collab_context_alpha must be positive, "
+                              "sid.rqvae_commitment non-negative")
+        parts = {"text": (sid.use_text, sid.text_weight),
+                 "attribute": (sid.use_attributes, sid.attribute_weight),
+                 "value": (sid.use_value, sid.value_weight),
+                 "collaborative": (sid.use_collaborative, sid.collaborative_weight)}
+        for name, (_, weight) in parts.items():
+            if weight < 0:
+                raise ConfigError(f"sid.{name}_weight must be non-negative")
+        if not any(on and weight > 0 for on, weight in parts.values()):
+            raise ConfigError("sid: every feature part is off or has weight 0; switch at least one on")
+
+
+    def _check_vista(self) -> None:
+        vista = self.vista
+        positive = ("summary_tokens", "dim", "heads", "readout_hidden", "chunk_size", "train_max_history",
+                    "epochs", "batch_size", "positions_per_user", "negatives", "reconstruction_samples",
+                    "eval_top_k", "eval_batch_users", "refresh_every_interactions", "snapshot_batch_users")
+        for name in positive:
+            if getattr(vista, name) < 1:
+                raise ConfigError(f"vista.{name} must be at least 1")
+        if vista.dim % vista.heads:
+            raise ConfigError(f"vista.dim ({vista.dim}) must be a multiple of vista.heads ({vista.heads})")
+        # exp(-2 * cap) must stay a normal float32 (about 1e-38) for the prefix sums to be exact.
+        if not 0 < vista.logit_cap <= 40:
+            raise ConfigError("vista.logit_cap must be in (0, 40]")
+        if vista.max_history < 0 or vista.threads < 0:
+            raise ConfigError("vista.max_history and vista.threads must be non-negative (0 = no limit)")
+        if vista.lr <= 0 or vista.weight_decay < 0 or vista.reconstruction_weight < 0 or vista.init_std <= 0:
+            raise ConfigError("vista.lr and vista.init_std must be positive, vista.weight_decay and "
+                              "vista.reconstruction_weight non-negative")
+        if vista.refresh not in ("auto", "period", "count"):
+            raise ConfigError(f"vista.refresh must be auto, period or count, got {vista.refresh!r}")
+        unknown = sorted(set(vista.snapshot_splits) - {"train", "valid", "test"})
+        if unknown or not vista.snapshot_splits:
+            raise ConfigError("vista.snapshot_splits must list some of train, valid, test")
+
+    def _check_features(self) -> None:
+        features = self.features
+        if features.online_store not in ("sqlite", "redis"):
+            raise ConfigError(f"features.online_store must be sqlite or redis, got {features.online_store!r}")
+        if not features.project.replace("_", "").isalnum():
+            raise ConfigError("features.project may hold only letters, digits and underscores")
+        if features.online_write_batch_rows < 1 or features.show_top_items < 1:
+            raise ConfigError("features.online_write_batch_rows and features.show_top_items must be "
+                              "at least 1")
+        if features.redis_key_ttl_seconds < 0:
+            raise ConfigError("features.redis_key_ttl_seconds must be non-negative (0 = keys never expire)")
 
 
 T = TypeVar("T")
