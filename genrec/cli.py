@@ -32,6 +32,16 @@ app.add_typer(pipeline_app, name="pipeline")
 config_app = typer.Typer(help="Show the typed configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
+
+def _mount_subcommands() -> None:
+    # Each library area owns its command group; they are mounted here so `genrec --help` lists all.
+    from genrec.sid.cli import sid_app
+
+    app.add_typer(sid_app, name="sid")
+
+
+_mount_subcommands()
+
 console = Console()
 err_console = Console(stderr=True)
 

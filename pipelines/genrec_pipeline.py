@@ -18,6 +18,7 @@ from kfp import compiler, dsl, local
 from kfp.dsl import HTML, Artifact, Dataset, Metrics
 
 from components.data import ingest_and_validate, split_interactions
+from components.sid import build_codebook
 from genrec.config import GenrecConfig
 
 
@@ -34,8 +35,11 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         splits: Dataset
         data_docs: Artifact
         data_report: HTML
+        sid_table: Dataset
+        codebook_report: HTML
         ingest_metrics: Metrics
         split_metrics: Metrics
+        codebook_metrics: Metrics
 
     @dsl.pipeline(name=config.pipeline.name, description="genrec: data -> codebook -> model -> serving")
     def genrec_pipeline(config: dict = defaults) -> Outputs:
@@ -47,12 +51,22 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
                 catalogue=ingest.outputs["catalogue"],
             )
         ).set_display_name("leave-one-out split")
+        codebook = on_image(
+            build_codebook(
+                config=config,
+                splits=split.outputs["splits"],
+                catalogue=ingest.outputs["catalogue"],
+            )
+        ).set_display_name("UA-SID codebook")
         return Outputs(
             splits=split.outputs["splits"],
             data_docs=ingest.outputs["data_docs"],
             data_report=split.outputs["report"],
+            sid_table=codebook.outputs["sid_table"],
+            codebook_report=codebook.outputs["report"],
             ingest_metrics=ingest.outputs["metrics"],
             split_metrics=split.outputs["metrics"],
+            codebook_metrics=codebook.outputs["metrics"],
         )
 
     return genrec_pipeline
