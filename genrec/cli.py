@@ -247,17 +247,21 @@ def pipeline_run(
 
 
 def _print_run_summary(result: Any, log_path: Path) -> None:
+    from pipelines.genrec_pipeline import headline, write_run_report
+
     cached = f", {len(result.cached_steps)} step(s) from cache" if result.cached_steps else ""
     table = Table(title=f"genrec run finished in {result.seconds:.1f}s{cached}")
     table.add_column("step")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    for step, figures in result.metrics().items():
+    for step, figures in headline(result).items():
         for key, value in figures.items():
             table.add_row(step, key, _number(value))
     console.print(table)
     for name, path in result.reports().items():
         console.print(f"report [bold]{name}[/]: {path}")
+    run_report = write_run_report(result, log_path.with_suffix(".html"))
+    console.print(f"run report (every figure): [bold]{run_report}[/]")
     console.print(f"log: {log_path}")
 
 

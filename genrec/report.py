@@ -57,6 +57,12 @@ class HtmlReport:
         self.parts.append(f"<table><tr>{head}</tr>{body}</table>")
         return self
 
+    def links(self, targets: dict[str, str]) -> HtmlReport:
+        items = "".join(f"<li><a href='{html.escape(path, quote=True)}'>{html.escape(name)}</a></li>"
+                        for name, path in targets.items())
+        self.parts.append(f"<ul>{items}</ul>")
+        return self
+
     def plot(self, fig: Figure, caption: str = "") -> HtmlReport:
         data = base64.b64encode(figure_png(fig)).decode()
         self.parts.append(f"<figure><img src='data:image/png;base64,{data}'/>"

@@ -149,5 +149,41 @@ class _CacheHitLog(logging.Handler):
             print(f"Task {match.group(1)} cache hit: skipped", file=sys.stdout, flush=True)
 
 
+# The figures a person reads first, per step; every figure is in the run report and summary JSON.
+HEADLINE_METRICS = {
+    "ingest": ["users", "items", "interactions", "validation_successful_expectations"],
+    "split": ["history_p50", "history_p95", "density", "value_mean"],
+    "codebook": ["collision_rate", "prefix_coherence_leaf", "level0_utilisation", "level0_entropy_ratio",
+                 "max_items_per_prefix", "build_seconds"],
+}
+
+
+def headline(run: LocalRun) -> dict[str, dict[str, Any]]:
+    out = {}
+    for step, figures in run.metrics().items():
+        keys = HEADLINE_METRICS.get(step)
+        out[step] = {k: figures[k] for k in keys if k in figures} if keys else figures
+    return out
+
+
+def write_run_report(run: LocalRun, path: "str | Path") -> Path:
+    """One HTML page per run: every step's figures and links to its own reports; plus a JSON twin."""
+    from genrec.io import write_json
+    from genrec.report import HtmlReport
+
+    path = Path(path)
+    report = HtmlReport("genrec pipeline run")
+    report.note(f"{run.seconds:.1f}s; outputs in {run.root}; steps from cache: "
+                f"{', '.join(run.cached_steps) or 'none'}")
+    report.heading("Reports").links({name: Path(target).resolve().as_uri()
+                                     for name, target in run.reports().items()})
+    for step, figures in run.metrics().items():
+        report.heading(f"Step: {step}").figures(figures)
+    report.save(str(path))
+    write_json({"seconds": run.seconds, "cached_steps": run.cached_steps, "metrics": run.metrics(),
+                "reports": run.reports()}, path.with_suffix(".json"))
+    return path
+
+
 def count_tasks(config: GenrecConfig) -> int:
     return len(build_pipeline(config).pipeline_spec.root.dag.tasks)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from genrec.config import GenrecConfig
-from pipelines.genrec_pipeline import compile_pipeline, count_tasks, run_local
+from pipelines.genrec_pipeline import compile_pipeline, count_tasks, headline, run_local, write_run_report
 
 
 def test_compiles_and_loads_back(tmp_path: Path) -> None:
@@ -34,6 +34,9 @@ def test_local_run_then_cached_rerun(small_config: GenrecConfig) -> None:
     assert first.metrics()["ingest"]["users"] == 12
     assert Path(first.reports()["data_docs"]).is_file()
     assert first.cached_steps == []
+    assert set(headline(first)) == set(first.metrics()) and headline(first)["ingest"]["users"] == 12
+    page = write_run_report(first, Path(small_config.pipeline.local_root) / "run.html")
+    assert "Step: codebook" in page.read_text() and page.with_suffix(".json").is_file()
     second = run_local(small_config)
     assert len(second.cached_steps) == count_tasks(small_config)
     assert second.outputs["splits"].path == first.outputs["splits"].path
