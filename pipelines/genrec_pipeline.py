@@ -18,6 +18,7 @@ from kfp import compiler, dsl, local
 from kfp.dsl import HTML, Artifact, Dataset, Metrics
 
 from components.data import ingest_and_validate, split_interactions
+from components.features import materialize_summaries, train_summarizer
 from components.sid import build_codebook
 from genrec.config import GenrecConfig
 
@@ -37,9 +38,13 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         data_report: HTML
         sid_table: Dataset
         codebook_report: HTML
+        feature_repo: Artifact
+        summarizer_report: HTML
         ingest_metrics: Metrics
         split_metrics: Metrics
         codebook_metrics: Metrics
+        summarizer_metrics: Metrics
+        materialize_metrics: Metrics
 
     @dsl.pipeline(name=config.pipeline.name, description="genrec: data -> codebook -> model -> serving")
     def genrec_pipeline(config: dict = defaults) -> Outputs:
@@ -58,15 +63,30 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
                 catalogue=ingest.outputs["catalogue"],
             )
         ).set_display_name("UA-SID codebook")
+        summarizer = on_image(
+            train_summarizer(config=config, splits=split.outputs["splits"])
+        ).set_display_name("VISTA summariser")
+        features = on_image(
+            materialize_summaries(
+                config=config,
+                splits=split.outputs["splits"],
+                summarizer=summarizer.outputs["summarizer"],
+                item_sids=codebook.outputs["sid_table"],
+            )
+        ).set_display_name("materialise summaries into Feast")
         return Outputs(
             splits=split.outputs["splits"],
             data_docs=ingest.outputs["data_docs"],
             data_report=split.outputs["report"],
             sid_table=codebook.outputs["sid_table"],
             codebook_report=codebook.outputs["report"],
+            feature_repo=features.outputs["feature_repo"],
+            summarizer_report=summarizer.outputs["report"],
             ingest_metrics=ingest.outputs["metrics"],
             split_metrics=split.outputs["metrics"],
             codebook_metrics=codebook.outputs["metrics"],
+            summarizer_metrics=summarizer.outputs["metrics"],
+            materialize_metrics=features.outputs["metrics"],
         )
 
     return genrec_pipeline
@@ -153,6 +173,8 @@ class _CacheHitLog(logging.Handler):
 HEADLINE_METRICS = {
     "ingest": ["users", "items", "interactions", "validation_successful_expectations"],
     "split": ["history_p50", "history_p95", "density", "value_mean"],
+    "summarizer": ["summary_recall@10", "popularity_recall@10", "train_seconds"],
+    "materialize": ["users", "rows", "materialize_users_per_second"],
     "codebook": ["collision_rate", "prefix_coherence_leaf", "level0_utilisation", "level0_entropy_ratio",
                  "max_items_per_prefix", "build_seconds"],
 }
