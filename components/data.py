@@ -82,5 +82,6 @@ def split_interactions(
         notes=[n for n in interactions.metadata.get("notes", "").split("; ") if n],
     )
     stats_report(frame, items, info, stats).save(report.path)
-    splits.metadata.update({"stats": json.dumps(stats), "dataset": info.name, "value_source": info.value_source})
+    splits.metadata.update({"stats": json.dumps(stats), "dataset": info.name,
+                            "value_source": info.value_source})
     log_metrics(metrics, stats)

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kfp import compiler, dsl, local
-from kfp.dsl import HTML, Artifact, Dataset, Metrics
+from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
 from components.data import ingest_and_validate, split_interactions
 from components.features import materialize_summaries, train_summarizer
 from components.sid import build_codebook
+from components.train import evaluate, train_generator
 from genrec.config import GenrecConfig
 
 
@@ -40,11 +41,16 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         codebook_report: HTML
         feature_repo: Artifact
         summarizer_report: HTML
+        model: Model
+        training_report: HTML
+        evaluation_report: HTML
         ingest_metrics: Metrics
         split_metrics: Metrics
         codebook_metrics: Metrics
         summarizer_metrics: Metrics
         materialize_metrics: Metrics
+        train_metrics: Metrics
+        evaluate_metrics: Metrics
 
     @dsl.pipeline(name=config.pipeline.name, description="genrec: data -> codebook -> model -> serving")
     def genrec_pipeline(config: dict = defaults) -> Outputs:
@@ -74,6 +80,22 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
                 item_sids=codebook.outputs["sid_table"],
             )
         ).set_display_name("materialise summaries into Feast")
+        training = on_image(
+            train_generator(
+                config=config,
+                splits=split.outputs["splits"],
+                codebook=codebook.outputs["codebook"],
+                feature_repo=features.outputs["feature_repo"],
+            )
+        ).set_display_name("train generator (VSL)")
+        evaluation = on_image(
+            evaluate(
+                config=config,
+                splits=split.outputs["splits"],
+                model=training.outputs["model"],
+                feature_repo=features.outputs["feature_repo"],
+            )
+        ).set_display_name("evaluate")
         return Outputs(
             splits=split.outputs["splits"],
             data_docs=ingest.outputs["data_docs"],
@@ -87,6 +109,11 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
             codebook_metrics=codebook.outputs["metrics"],
             summarizer_metrics=summarizer.outputs["metrics"],
             materialize_metrics=features.outputs["metrics"],
+            model=training.outputs["model"],
+            training_report=training.outputs["report"],
+            evaluation_report=evaluation.outputs["report"],
+            train_metrics=training.outputs["metrics"],
+            evaluate_metrics=evaluation.outputs["metrics"],
         )
 
     return genrec_pipeline
@@ -175,6 +202,9 @@ HEADLINE_METRICS = {
     "split": ["history_p50", "history_p95", "density", "value_mean"],
     "summarizer": ["summary_recall@10", "popularity_recall@10", "train_seconds"],
     "materialize": ["users", "rows", "materialize_users_per_second"],
+    "train": ["train_seconds", "valid_subset_recall@10", "valid_subset_ndcg@10"],
+    "evaluate": ["test_recall@5", "test_recall@10", "test_ndcg@5", "test_ndcg@10", "test_value@10",
+                 "test_coverage@10"],
     "codebook": ["collision_rate", "prefix_coherence_leaf", "level0_utilisation", "level0_entropy_ratio",
                  "max_items_per_prefix", "build_seconds"],
 }

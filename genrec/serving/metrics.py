@@ -22,7 +22,8 @@ FEAST_ERRORS = "genrec_feast_errors_total"  # counter
 FALLBACKS = "genrec_context_fallbacks_total"  # counter, label kind: history_only | popular
 
 # Controller
-CONTROLLER_DECISIONS = "genrec_controller_decisions_total"  # counter, label action: up | down | hold | fallback
+# counter, label action: up | down | hold | fallback
+CONTROLLER_DECISIONS = "genrec_controller_decisions_total"
 CONTROLLER_RUNG = "genrec_controller_rung"  # gauge
 CONTROLLER_PROM_ERRORS = "genrec_controller_prometheus_errors_total"  # counter
 CONTROLLER_PUSH_ERRORS = "genrec_controller_push_errors_total"  # counter (per-replica detail goes to logs)

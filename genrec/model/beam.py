@@ -1,0 +1,106 @@
+"""Trie-constrained beam search over semantic IDs, batched over requests, one width per level.
+
+Scores are exact log-probabilities of the model (full softmax at each level, then masked to the
+codes the trie allows), so with widths at least as large as the number of valid prefixes the search
+returns exactly the top-K of `exhaustive_top_k`, the slow reference that scores every valid ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from genrec.model.decoder import Context, SidDecoder
+from genrec.sid.trie import SidTrie
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class BeamResult:
+    """items [B, K] item rows (-1 where fewer than K valid IDs exist), scores [B, K] log-probs."""
+
+    items: Tensor
+    scores: Tensor
+
+
+class TrieTables:
+    """The trie's dense per-level child tables as tensors: `children[l][node, code]` is the next
+    node (an item row after the last level) or -1."""
+
+    def __init__(self, trie: SidTrie, device: torch.device | str = "cpu") -> None:
+        self.children = [torch.as_tensor(table, dtype=torch.int32, device=device) for table in trie.children]
+        self.level_sizes = list(trie.level_sizes)
+
+    @property
+    def depth(self) -> int:
+        return len(self.children)
+
+
+def level_widths(beam_widths: Sequence[int], levels: int) -> list[int]:
+    """Per-level widths; a shorter list repeats its last entry for the deeper levels."""
+    if not beam_widths:
+        raise ValueError("give at least one beam width")
+    return [int(beam_widths[min(level, len(beam_widths) - 1)]) for level in range(levels)]
+
+
+@torch.inference_mode()
+def beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, beam_widths: Sequence[int],
+                top_k: int) -> BeamResult:
+    """Top-K items per request. Width b_l beams survive level l < L - 1; the last level keeps the
+    top_k complete IDs (a wider last level cannot change the top-K of already-scored items)."""
+    if tables.depth != decoder.levels:
+        raise ValueError(f"trie has {tables.depth} levels, decoder {decoder.levels}")
+    widths = level_widths(beam_widths, decoder.levels)
+    batch = context.tokens.shape[0]
+    device = context.tokens.device
+    state = decoder.start(context)
+    nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, 1, device=device)
+    previous: Tensor | None = None
+    for level in range(decoder.levels):
+        log_probs = decoder.step(state, level, previous)  # [B, W, K]
+        size = log_probs.shape[-1]
+        children = tables.children[level][nodes.clamp(min=0)]  # [B, W, K]
+        allowed = (children >= 0) & (nodes >= 0)[..., None]
+        candidates = (scores[..., None] + log_probs).masked_fill(~allowed, NEG_INF).view(batch, -1)
+        keep = top_k if level == decoder.levels - 1 else widths[level]
+        scores, flat = candidates.topk(min(keep, candidates.shape[1]), dim=1)
+        source = torch.div(flat, size, rounding_mode="floor")
+        previous = flat - source * size
+        nodes = children.view(batch, -1).gather(1, flat).long()
+        nodes = nodes.masked_fill(torch.isinf(scores), -1)
+        if level < decoder.levels - 1:
+            state.reorder(source)
+    if nodes.shape[1] < top_k:
+        missing = top_k - nodes.shape[1]
+        nodes = torch.cat([nodes, nodes.new_full((batch, missing), -1)], dim=1)
+        scores = torch.cat([scores, scores.new_full((batch, missing), NEG_INF)], dim=1)
+    return BeamResult(nodes, scores)
+
+
+@torch.inference_mode()
+def item_log_probs(decoder: SidDecoder, context: Context, chunk: int = 4096) -> Tensor:
+    """Reference: log p(ID | context) of every item in the decoder's codebook, by the full
+    teacher-forced pass, [B, n_items]. Slow (one pass per request and item); for tests."""
+    codes = decoder.item_codes
+    rows = []
+    for request in range(context.tokens.shape[0]):
+        parts = []
+        for start in range(0, codes.shape[0], chunk):
+            block = codes[start:start + chunk]
+            one = Context(context.tokens[request:request + 1].expand(len(block), -1, -1),
+                          context.pad[request:request + 1].expand(len(block), -1))
+            parts.append(decoder.code_log_probs(one, block).sum(-1))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def exhaustive_top_k(decoder: SidDecoder, context: Context, top_k: int) -> BeamResult:
+    """The exact top-K items by model log-probability over every valid ID (the beam search's
+    reference)."""
+    scores, items = item_log_probs(decoder, context).topk(top_k, dim=1)
+    return BeamResult(items, scores)

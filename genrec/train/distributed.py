@@ -1,0 +1,51 @@
+"""Data-parallel training: the same script runs alone or under `torchrun --nproc_per_node=P`.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with more than one process the group uses NCCL on
+GPUs and gloo on CPUs, and each rank trains on its own share of every epoch's batches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def init_distributed(use_gpu: bool = True) -> Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = use_gpu and torch.cuda.is_available()
+    device = f"cuda:{local_rank}" if gpu else "cpu"
+    if gpu:
+        torch.cuda.set_device(local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if gpu else "gloo")
+    return Distributed(rank, world, local_rank, device)
+
+
+def shutdown(ctx: Distributed) -> None:
+    if ctx.active and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,51 @@
+"""One training run end to end: splits + codebook in, model artefact out. The same function runs
+in a single process or on every rank under torchrun; only rank 0 writes the artefact."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from genrec.config import GenrecConfig
+from genrec.model.artefact import save_model
+from genrec.sid.codebook import Codebook
+from genrec.train.distributed import init_distributed, shutdown
+from genrec.train.loop import Trainer, TrainingData, TrainResult
+from genrec.train.summaries import SummaryProvider
+
+
+def training_record(result: TrainResult, config: GenrecConfig) -> dict[str, Any]:
+    """What the model artefact says about how it was trained (learning curves included)."""
+    return {
+        "curves": [dataclasses.asdict(point) for point in result.curves],
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "samples_per_second": result.samples_per_second,
+        "finished": result.finished,
+        "vsl": config.train.vsl,
+        "value_transform": config.train.value_transform,
+        **result.stats,
+    }
+
+
+def run_training(config: GenrecConfig, splits: pd.DataFrame, codebook: Codebook, work_dir: str | Path,
+                 model_dir: str | Path | None = None, summaries: SummaryProvider | None = None,
+                 stop_after_steps: int | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Trains (resuming from `work_dir` if a checkpoint is there) and, on rank 0, saves the model
+    folder with the training record in its manifest."""
+    dist = init_distributed()
+    try:
+        data = TrainingData.from_splits(splits, codebook.item_ids, codebook.codes, codebook.level_sizes,
+                                        config, summaries)
+        result = Trainer(config, data, work_dir, dist, log).fit(stop_after_steps)
+        if dist.is_main and model_dir is not None:
+            save_model(model_dir, result.decoder, codebook.item_ids,
+                       extra={"training": training_record(result, config)})
+        dist.barrier()
+        return result
+    finally:
+        shutdown(dist)

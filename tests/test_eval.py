@@ -1,0 +1,47 @@
+"""Ranking metrics by hand, and evaluation that keeps every request's own top-K."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.data.split import leave_one_out
+from genrec.evaluate import evaluate, hit_ranks, ranking_metrics, recommend
+from genrec.model.beam import TrieTables, beam_search
+from genrec.model.decoder import SidSpace, build_decoder
+from genrec.train.data import evaluation_requests
+from tests.conftest import make_log
+from tests.test_model_decoder import tiny_config
+from tests.test_train import tiny_codebook
+
+
+def test_metrics_by_hand() -> None:
+    recommended = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [1, 5, 9, 10], [2, 3, -1, -1]])
+    targets = np.array([2, 9, 1, -1])  # the last target has no semantic ID: always a miss
+    values = np.array([2.0, 4.0, 1.0, 8.0])
+    assert hit_ranks(recommended, targets).tolist() == [1, -1, 0, -1]
+    m = ranking_metrics(recommended, targets, values, catalogue_size=20, cutoffs=(1, 2))
+    assert m["recall@1"] == pytest.approx(1 / 4) and m["recall@2"] == pytest.approx(2 / 4)
+    assert m["ndcg@2"] == pytest.approx((1 / math.log2(3) + 1.0) / 4)
+    assert m["value@1"] == pytest.approx(1.0 / 4) and m["value@2"] == pytest.approx(3.0 / 4)
+    assert m["coverage@1"] == pytest.approx(3 / 20)  # items 1, 5, 2
+    assert m["users"] == 4
+
+
+def test_recommend_keeps_request_order() -> None:
+    torch.manual_seed(0)
+    codebook = tiny_codebook()
+    splits = leave_one_out(make_log(users=12, items=30, per_user=7))
+    requests = evaluation_requests(splits, codebook.item_ids, recent_items=6, split="test")
+    decoder = build_decoder(tiny_config(), SidSpace(codebook.level_sizes, codebook.codes)).eval()
+    tables = TrieTables(codebook.trie)
+    items, scores = recommend(decoder, requests, tables, [6], top_k=5, batch_size=4)
+    for row in range(len(requests)):
+        length = max(1, int(requests.lengths[row]))
+        one = decoder.embed_context(torch.as_tensor(requests.recent[row:row + 1, :length]))
+        assert beam_search(decoder, one, tables, [6], 5).items[0].tolist() == items[row].tolist()
+    metrics = evaluate(decoder, requests, tables, [6], top_k=10, batch_size=4)
+    assert metrics["users"] == 12 and metrics["recall@5"] <= metrics["recall@10"]
+    with pytest.raises(ValueError, match="top_k"):
+        evaluate(decoder, requests, tables, [6], top_k=5, batch_size=4)
