@@ -285,6 +285,8 @@ def pipeline_compile(
 def _number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return f"{int(value):,}"
+    if isinstance(value, float) and abs(value) >= 1000:
+        return f"{value:,.0f}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
