@@ -413,6 +413,18 @@ class GenrecConfig:
 
     def check(self) -> None:
         """Cross-field rules that types alone cannot express."""
+        from genrec.serving.policy import BeamLadder, PolicyError
+
+        try:
+            BeamLadder.from_config(self.serving.beam_ladder, self.serving.default_rung,
+                                   self.serving.max_beam_width)
+        except PolicyError as exc:
+            raise ConfigError(str(exc)) from exc
+        if not 0 <= self.controller.safe_rung < len(self.serving.beam_ladder):
+            raise ConfigError(
+                f"controller.safe_rung={self.controller.safe_rung} must name a rung of serving.beam_ladder "
+                f"(0..{len(self.serving.beam_ladder) - 1})"
+            )
         if self.data.min_interactions_per_user < 3:
             raise ConfigError(
                 "data.min_interactions_per_user must be at least 3: leave-one-out needs a training, "
