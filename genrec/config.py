@@ -157,7 +157,9 @@ class TrainConfig:
     """Teacher-forced training with the value-aware loss (VSL), and the evaluation it reports."""
 
     seed: int = 1234
-    epochs: int = 3
+    # Short by default: the pipeline's MovieLens-100k run trains in a minute or two. The benchmark
+    # recipes (benchmarks/bench_quality.py) train 12-15 epochs over every position.
+    epochs: int = 2
     batch_size: int = 512
     lr: float = 3e-3
     # The learning rate warms up over this fraction of the steps, then decays to zero.
