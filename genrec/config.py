@@ -201,6 +201,50 @@ class TrainConfig:
 
 
 @dataclass
+class RspoConfig:
+    """RSPO: list-wise preference fine-tuning of the VSL model on beam-searched candidate lists,
+    offline on the training split and continually on feedback logs (genrec.train.rspo)."""
+
+    seed: int = 4321
+    # "rspo" (list-wise softmax over the worse candidates) or "dpo" (pairwise, the ablation).
+    loss: str = "rspo"
+    # Inverse temperature of the preference softmax over s(y) = log pi(y) - log pi_ref(y).
+    beta: float = 1.0
+    # Weight of each positive: "dcg" (its value gain times the discount it gains at the top),
+    # "ndcg" (the same divided by the list's ideal DCG) or "none".
+    gain: str = "dcg"
+    # Reward -> gain: "log1p" or "linear", divided by the mean over the training targets (as VSL).
+    reward_transform: str = "log1p"
+    # Drift guard: weight of KL(pi || pi_ref) over each candidate list (renormalised on the list).
+    kl_weight: float = 0.1
+    # Candidate list: the policy's top `candidates` by trie-constrained beam search at these widths.
+    candidates: int = 10
+    beam_widths: list[int] = field(default_factory=lambda: [20])
+    # A positive the beam missed joins its list teacher-forced (ranked just past the end), so every
+    # example has a positive; off, such lists carry no preference and only the KL term.
+    include_target: bool = True
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # Offline: passes over the training examples, capped at max_steps steps (0: no cap) and at
+    # max_minutes. Each user's latest `max_examples_per_user` training positions (0: all).
+    epochs: int = 1
+    max_steps: int = 0
+    max_minutes: float = 0.0
+    batch_size: int = 64
+    max_examples_per_user: int = 1
+    # Torch intra-op threads (0: torch's default).
+    threads: int = 1
+    # Validation before/after on this many users (0: all) with train.beam_widths / train.top_k.
+    valid_users: int = 1000
+    # Continual updates write <models_dir>/<prefix><number, zero-padded to `digits`>, e.g. v0002.
+    version_prefix: str = "v"
+    version_digits: int = 4
+    # Lines of progress per run.
+    log_every: int = 50
+
+
+@dataclass
 class VistaConfig:
     """VISTA summariser: K learned query tokens attend over a user's whole history (O(history)).
 
@@ -280,6 +324,16 @@ class FeatureStoreConfig:
 
 
 @dataclass
+class TolerationConfig:
+    """A Kubernetes toleration for the pods of GPU steps."""
+
+    key: str = "nvidia.com/gpu"
+    operator: str = "Exists"
+    value: str = ""
+    effect: str = "NoSchedule"
+
+
+@dataclass
 class PipelineConfig:
     """How the Kubeflow pipeline runs."""
 
@@ -289,6 +343,64 @@ class PipelineConfig:
     # kfp.local writes task outputs here.
     local_root: str = "runs/local"
     enable_caching: bool = True
+    # Submitting to a Kubeflow Pipelines endpoint (`genrec pipeline submit`); --host overrides.
+    host: str = ""
+    experiment: str = "genrec"
+    # Kubeflow multi-user namespace of the run (empty: the endpoint's default).
+    namespace: str = ""
+    # Steps that run on GPU nodes in a cluster (component names). kfp.local ignores all of this.
+    gpu_steps: list[str] = field(default_factory=lambda: ["train_generator", "finetune_rspo"])
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_limit: int = 1
+    # nvidia.com/gpu.present is set by NVIDIA GPU feature discovery; GPU pools are usually tainted
+    # nvidia.com/gpu:NoSchedule so that only GPU work lands there.
+    gpu_node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    gpu_tolerations: list[TolerationConfig] = field(default_factory=lambda: [
+        TolerationConfig(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")])
+    # Requests and limits of every step (GPU steps use the gpu_ ones), in Kubernetes quantities.
+    cpu_request: str = "1"
+    cpu_limit: str = "2"
+    memory_request: str = "2G"
+    memory_limit: str = "8G"
+    gpu_cpu_request: str = "4"
+    gpu_cpu_limit: str = "8"
+    gpu_memory_request: str = "16G"
+    gpu_memory_limit: str = "32G"
+
+
+@dataclass
+class GateConfig:
+    """The gate between evaluation and deployment: a candidate is promoted only if its test
+    Recall@10 and Value@10 are at least those of the deployed model minus these tolerances."""
+
+    recall_metric: str = "test_recall@10"
+    value_metric: str = "test_value@10"
+    # Absolute tolerances (the metrics are fractions): evaluation noise on a re-run of the same data.
+    recall_tolerance: float = 0.002
+    value_tolerance: float = 0.005
+
+
+@dataclass
+class DeployConfig:
+    """Where a promoted model goes: a local registry + ModelServer, or a KServe InferenceService."""
+
+    # "local" (registry folder + local `genrec serve`), "kserve" (the Kubernetes API), or "none".
+    target: str = "local"
+    # Local: every promoted model is copied to <registry_dir>/models/vNNNN and never overwritten;
+    # deployed.json names the one in force.
+    registry_dir: str = "runs/registry"
+    # Local: (re)start `genrec serve` on serving.http_port with the promoted model.
+    start_local_server: bool = False
+    local_server_host: str = "127.0.0.1"
+    server_ready_timeout_seconds: float = 120.0
+    # KServe: the InferenceService to create or patch (manifests/ deploys it as genrec/genrec).
+    inference_service: str = "genrec"
+    namespace: str = "genrec"
+    # Empty: the model artefact's own URI (minio:// becomes s3://, as KServe's storage initializer
+    # expects); else this URI prefix plus the version.
+    storage_uri_prefix: str = ""
+    # 0: replace the model at once; 1..99: KServe canary rollout (Serverless deployment mode only).
+    canary_traffic_percent: int = 0
 
 
 @dataclass
@@ -359,6 +471,25 @@ class ControllerConfig:
     metrics_port: int = 9105
     # The controller remembers its last rung here so a restart does not flap the policy.
     state_file: str = "/tmp/genrec-controller-state.json"
+    # Each Prometheus query gives up after this long (then counts as Prometheus unreachable).
+    query_timeout_seconds: float = 2.0
+    # Label matcher for the DCGM exporter's DCGM_FI_DEV_GPU_UTIL (empty: every GPU Prometheus sees);
+    # no such series means no GPU reading, which the control law then ignores.
+    gpu_selector: str = ""
+    # No step up while the GPUs are busier than this (percent): a wider beam would saturate them.
+    gpu_util_ceiling: float = 90.0
+    # No step up while the busiest replica has this fraction of serving.inflight_guard in flight:
+    # its local guard would soon step it down again.
+    up_inflight_ratio: float = 0.5
+    # Learned capacity: the per-replica request rate at which a rung last broke the step-down
+    # threshold. No step up to that rung (or a wider one) while the rate is above capacity_margin of
+    # it; this is what stops the ladder flapping between two rungs at constant load. A learned figure
+    # is forgotten after capacity_memory_seconds (load mix and hardware drift).
+    capacity_margin: float = 0.85
+    capacity_memory_seconds: float = 600.0
+    # Re-push the rung to every replica this often even if it acknowledged it, so a replica that
+    # restarted at the same address gets the policy back.
+    resync_seconds: float = 60.0
 
 
 @dataclass
@@ -370,7 +501,10 @@ class GenrecConfig:
     features: FeatureStoreConfig = field(default_factory=FeatureStoreConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rspo: RspoConfig = field(default_factory=RspoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     seed: int = 42
@@ -441,6 +575,49 @@ class GenrecConfig:
         self._check_vista()
         self._check_features()
         self._check_model_train()
+        self._check_rspo()
+        self._check_pipeline_deploy()
+
+    def _check_rspo(self) -> None:
+        rspo = self.rspo
+        choices = {"loss": ("rspo", "dpo"), "gain": ("dcg", "ndcg", "none"),
+                   "reward_transform": ("log1p", "linear")}
+        for name, allowed in choices.items():
+            if getattr(rspo, name) not in allowed:
+                raise ConfigError(f"rspo.{name} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(rspo, name)!r}")
+        for name in ("candidates", "epochs", "batch_size", "version_digits", "log_every"):
+            if getattr(rspo, name) < 1:
+                raise ConfigError(f"rspo.{name} must be at least 1")
+        if not rspo.beam_widths or min(rspo.beam_widths) < 1:
+            raise ConfigError("rspo.beam_widths needs at least one width, each at least 1")
+        if rspo.beta <= 0 or rspo.lr <= 0:
+            raise ConfigError("rspo.beta and rspo.lr must be positive")
+        for name in ("kl_weight", "weight_decay", "grad_clip", "max_minutes", "max_steps",
+                     "max_examples_per_user", "threads", "valid_users"):
+            if getattr(rspo, name) < 0:
+                raise ConfigError(f"rspo.{name} must be non-negative")
+        if not rspo.version_prefix or not rspo.version_prefix.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError("rspo.version_prefix must be letters, digits, - or _ (e.g. v)")
+
+    def _check_pipeline_deploy(self) -> None:
+        pipeline, gate, deploy = self.pipeline, self.gate, self.deploy
+        if pipeline.accelerator_limit < 1:
+            raise ConfigError("pipeline.accelerator_limit must be at least 1")
+        for index, toleration in enumerate(pipeline.gpu_tolerations):
+            if toleration.operator not in ("Exists", "Equal"):
+                raise ConfigError(f"pipeline.gpu_tolerations[{index}].operator must be Exists or Equal")
+            if toleration.effect not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+                raise ConfigError(f"pipeline.gpu_tolerations[{index}].effect must be NoSchedule, "
+                                  "PreferNoSchedule, NoExecute or empty")
+        if gate.recall_tolerance < 0 or gate.value_tolerance < 0:
+            raise ConfigError("gate.recall_tolerance and gate.value_tolerance must be non-negative")
+        if deploy.target not in ("local", "kserve", "none"):
+            raise ConfigError(f"deploy.target must be local, kserve or none, got {deploy.target!r}")
+        if not 0 <= deploy.canary_traffic_percent <= 99:
+            raise ConfigError("deploy.canary_traffic_percent must be 0 (no canary) to 99")
+        if deploy.server_ready_timeout_seconds <= 0:
+            raise ConfigError("deploy.server_ready_timeout_seconds must be positive")
 
     def _check_model_train(self) -> None:
         model, train = self.model, self.train
@@ -586,6 +763,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"config field {where} has no valid type")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field {where} must be a mapping, got {value!r}")
+        key_hint, value_hint = typing.get_args(hint) or (Any, Any)
+        return {_coerce(key_hint, k, f"{where}.<key>"): _coerce(value_hint, v, f"{where}.{k}")
+                for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config field {where} must be a list, got {value!r}")

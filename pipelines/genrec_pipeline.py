@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kfp import compiler, dsl, local
+from kfp import compiler, dsl, kubernetes, local
 from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
 from components.data import ingest_and_validate, split_interactions
+from components.deploy import deploy_model, gate_model
 from components.features import materialize_summaries, train_summarizer
 from components.sid import build_codebook
 from components.train import evaluate, train_generator
@@ -27,9 +28,28 @@ from genrec.config import GenrecConfig
 def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
     """Returns the pipeline function. `image` (a cluster run) replaces every component's image."""
     defaults = config.to_dict()
+    cluster = config.pipeline
 
     def on_image(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        return task.set_container_image(image) if image else task
+        """The cluster image, and where the step runs: resources for every step, plus an accelerator,
+        GPU node selector and tolerations for the steps in `pipeline.gpu_steps` (kfp.local ignores
+        all of it; tests check the compiled YAML)."""
+        if image:
+            task.set_container_image(image)
+        step = task.component_spec.name.replace("-", "_")
+        if step in cluster.gpu_steps:
+            task.set_cpu_request(cluster.gpu_cpu_request).set_cpu_limit(cluster.gpu_cpu_limit)
+            task.set_memory_request(cluster.gpu_memory_request).set_memory_limit(cluster.gpu_memory_limit)
+            task.set_accelerator_type(cluster.accelerator_type).set_accelerator_limit(cluster.accelerator_limit)
+            for key, value in cluster.gpu_node_selector.items():
+                kubernetes.add_node_selector(task, label_key=key, label_value=value)
+            for toleration in cluster.gpu_tolerations:
+                kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator,
+                                          value=toleration.value or None, effect=toleration.effect or None)
+        else:
+            task.set_cpu_request(cluster.cpu_request).set_cpu_limit(cluster.cpu_limit)
+            task.set_memory_request(cluster.memory_request).set_memory_limit(cluster.memory_limit)
+        return task
 
     # Every step's metrics and reports are pipeline outputs, so a local run (cached steps included)
     # can print one summary at the end.
@@ -51,6 +71,7 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         materialize_metrics: Metrics
         train_metrics: Metrics
         evaluate_metrics: Metrics
+        gate_metrics: Metrics
 
     @dsl.pipeline(name=config.pipeline.name, description="genrec: data -> codebook -> model -> serving")
     def genrec_pipeline(config: dict = defaults) -> Outputs:
@@ -96,6 +117,20 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
                 feature_repo=features.outputs["feature_repo"],
             )
         ).set_display_name("evaluate")
+        # Gate and deploy act on the world outside the run (the deployed model), so they never come
+        # from the cache.
+        gate = on_image(
+            gate_model(config=config, evaluation=evaluation.outputs["metrics"])
+        ).set_display_name("gate: not worse than deployed").set_caching_options(False)
+        with dsl.If(gate.outputs["promote"] == True, name="promoted"):  # noqa: E712 (a kfp condition)
+            on_image(
+                deploy_model(
+                    config=config,
+                    model=training.outputs["model"],
+                    evaluation=evaluation.outputs["metrics"],
+                    feature_repo=features.outputs["feature_repo"],
+                )
+            ).set_display_name("deploy").set_caching_options(False)
         return Outputs(
             splits=split.outputs["splits"],
             data_docs=ingest.outputs["data_docs"],
@@ -114,6 +149,7 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
             evaluation_report=evaluation.outputs["report"],
             train_metrics=training.outputs["metrics"],
             evaluate_metrics=evaluation.outputs["metrics"],
+            gate_metrics=gate.outputs["gate_metrics"],
         )
 
     return genrec_pipeline
@@ -124,6 +160,46 @@ def compile_pipeline(config: GenrecConfig, output: "str | Path") -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(config, image=config.pipeline.image), str(output))
     return output
+
+
+class SubmitError(RuntimeError):
+    """The Kubeflow Pipelines endpoint refused the run or could not be reached."""
+
+
+@dataclass(frozen=True)
+class SubmittedRun:
+    run_id: str
+    url: str
+    experiment: str
+
+
+def submit_pipeline(config: GenrecConfig, host: str, run_name: "str | None" = None,
+                    token: "str | None" = None, package: "str | Path | None" = None) -> SubmittedRun:
+    """Compiles the pipeline for the cluster and starts a run on a Kubeflow Pipelines endpoint.
+
+    The config travels as the run's `config` parameter, so the run uses exactly what was compiled
+    and checked here."""
+    import tempfile
+
+    from kfp import Client
+
+    if not host.startswith(("http://", "https://")):
+        raise SubmitError(f"--host {host!r} must be the http(s) URL of the Kubeflow Pipelines API, e.g. "
+                          "https://kubeflow.example.com/pipeline")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(package) if package else compile_pipeline(config, Path(tmp) / "genrec_pipeline.yaml")
+        try:
+            client = Client(host=host, existing_token=token, namespace=config.pipeline.namespace or None)
+            result = client.create_run_from_pipeline_package(
+                str(path), arguments={"config": config.to_dict()}, run_name=run_name,
+                experiment_name=config.pipeline.experiment, namespace=config.pipeline.namespace or None,
+                enable_caching=config.pipeline.enable_caching)
+        except SubmitError:
+            raise
+        except Exception as exc:  # kfp_server_api, urllib3 and TimeoutError all end up here
+            raise SubmitError(f"submitting to {host} failed: {type(exc).__name__}: {exc}".strip()) from exc
+    url = f"{host.rstrip('/')}/#/runs/details/{result.run_id}"
+    return SubmittedRun(run_id=result.run_id, url=url, experiment=config.pipeline.experiment)
 
 
 @dataclass
@@ -203,6 +279,8 @@ HEADLINE_METRICS = {
     "summarizer": ["summary_recall@10", "popularity_recall@10", "train_seconds"],
     "materialize": ["users", "rows", "materialize_users_per_second"],
     "train": ["train_seconds", "valid_subset_recall@10", "valid_subset_ndcg@10"],
+    "gate": ["promote", "candidate_test_recall@10", "deployed_test_recall@10", "candidate_test_value@10",
+             "deployed_test_value@10"],
     "evaluate": ["test_recall@5", "test_recall@10", "test_ndcg@5", "test_ndcg@10", "test_value@10",
                  "test_coverage@10"],
     "codebook": ["collision_rate", "prefix_coherence_leaf", "level0_utilisation", "level0_entropy_ratio",

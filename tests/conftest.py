@@ -72,4 +72,5 @@ def small_config(log_files: tuple[Path, Path], tmp_path: Path) -> GenrecConfig:
     cfg.data.dataset = str(log_files[0])
     cfg.data.catalogue_path = str(log_files[1])
     cfg.pipeline.local_root = str(tmp_path / "runs")
+    cfg.deploy.registry_dir = str(tmp_path / "registry")
     return cfg

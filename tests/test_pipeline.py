@@ -7,7 +7,15 @@ import pytest
 import yaml
 
 from genrec.config import GenrecConfig
-from pipelines.genrec_pipeline import compile_pipeline, count_tasks, headline, run_local, write_run_report
+from genrec.deploy.registry import LocalRegistry
+from pipelines.genrec_pipeline import (
+    build_pipeline,
+    compile_pipeline,
+    count_tasks,
+    headline,
+    run_local,
+    write_run_report,
+)
 
 
 def test_compiles_and_loads_back(tmp_path: Path) -> None:
@@ -37,8 +45,16 @@ def test_local_run_then_cached_rerun(small_config: GenrecConfig) -> None:
     assert set(headline(first)) == set(first.metrics()) and headline(first)["ingest"]["users"] == 12
     page = write_run_report(first, Path(small_config.pipeline.local_root) / "run.html")
     assert "Step: codebook" in page.read_text() and page.with_suffix(".json").is_file()
+    registry = LocalRegistry(small_config.deploy.registry_dir)
+    assert first.metrics()["gate"]["promote"] == 1.0 and registry.versions() == ["v0001"]
     second = run_local(small_config)
-    assert len(second.cached_steps) == count_tasks(small_config)
+    # Every step but the gate and the deploy step (they act on the deployed model) comes from the cache.
+    uncached = {"gate-model", "deploy-model", "condition-1"}
+    assert len(second.cached_steps) == count_tasks(small_config) - len(uncached & set(
+        build_pipeline(small_config).pipeline_spec.root.dag.tasks))
+    assert not uncached & set(second.cached_steps)
+    # The same model again passes the gate (equal figures) and becomes the next version.
+    assert second.metrics()["gate"]["promote"] == 1.0 and registry.versions() == ["v0001", "v0002"]
     assert second.outputs["splits"].path == first.outputs["splits"].path
 
 

@@ -1,0 +1,89 @@
+"""The compiled IR YAML carries what a cluster needs and kfp.local ignores: accelerators, resources,
+GPU node selectors and tolerations, and no caching on the steps that act on the deployed model."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from genrec.config import GenrecConfig
+from pipelines.genrec_pipeline import compile_pipeline
+
+GPU_EXECUTORS = {"exec-train-generator"}
+
+
+def compiled(cfg: GenrecConfig, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pipeline spec, kubernetes platform spec) of the compiled YAML."""
+    docs = [d for d in yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "p.yaml").read_text()) if d]
+    spec = docs[0]
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    return spec, platform
+
+
+def resources(spec: dict[str, Any], executor: str) -> dict[str, Any]:
+    return spec["deploymentSpec"]["executors"][executor]["container"].get("resources", {})
+
+
+@pytest.fixture
+def gpu_steps() -> set[str]:
+    return {"exec-train-generator", "exec-finetune-rspo"}
+
+
+def test_gpu_steps_request_accelerators_and_land_on_gpu_nodes(tmp_path: Path, gpu_steps: set[str]) -> None:
+    cfg = GenrecConfig()
+    spec, platform = compiled(cfg, tmp_path)
+    executors = spec["deploymentSpec"]["executors"]
+    present_gpu = gpu_steps & set(executors)
+    assert "exec-train-generator" in present_gpu
+    for name in present_gpu:
+        res = resources(spec, name)
+        assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert int(res["accelerator"]["resourceCount"]) == 1
+        assert res["resourceCpuLimit"] == cfg.pipeline.gpu_cpu_limit
+        assert res["resourceMemoryLimit"] == cfg.pipeline.gpu_memory_limit
+        placement = platform[name]
+        assert placement["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert placement["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                             "effect": "NoSchedule"}]
+    for name in set(executors) - present_gpu:
+        res = resources(spec, name)
+        assert "accelerator" not in res, f"{name} must not ask for a GPU"
+        assert res["resourceCpuLimit"] == cfg.pipeline.cpu_limit
+        assert res["resourceMemoryLimit"] == cfg.pipeline.memory_limit
+        assert "nodeSelector" not in platform.get(name, {}) and "tolerations" not in platform.get(name, {})
+
+
+def test_placement_follows_the_config(tmp_path: Path) -> None:
+    cfg = GenrecConfig().with_overrides([
+        "pipeline.gpu_steps=[train_generator, build_codebook]",
+        "pipeline.accelerator_type=nvidia.com/gpu",
+        "pipeline.accelerator_limit=2",
+        'pipeline.gpu_node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}',
+        "pipeline.gpu_tolerations=[{key: dedicated, operator: Equal, value: ml, effect: NoExecute}]",
+    ])
+    spec, platform = compiled(cfg, tmp_path)
+    for name in ("exec-train-generator", "exec-build-codebook"):
+        assert int(resources(spec, name)["accelerator"]["resourceCount"]) == 2
+        assert platform[name]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+        assert platform[name]["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml",
+                                                  "effect": "NoExecute"}]
+    assert "accelerator" not in resources(spec, "exec-evaluate")
+
+
+def test_gate_and_deploy_are_never_cached_and_deploy_runs_only_when_promoted(tmp_path: Path) -> None:
+    spec, _ = compiled(GenrecConfig(), tmp_path)
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["gate-model"]["cachingOptions"] == {}  # enableCache absent: caching off
+    assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
+    condition = next(t for t in tasks.values() if "triggerPolicy" in t)
+    assert "promote" in condition["triggerPolicy"]["condition"]
+    inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(inner) == {"deploy-model"} and inner["deploy-model"]["cachingOptions"] == {}
+
+
+def test_bad_placement_config_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"pipeline.gpu_tolerations\[0\].operator"):
+        GenrecConfig().with_overrides(["pipeline.gpu_tolerations=[{key: a, operator: Maybe}]"])
+    with pytest.raises(ValueError, match="pipeline.gpu_node_selector must be a mapping"):
+        GenrecConfig().with_overrides(["pipeline.gpu_node_selector=[a]"])
