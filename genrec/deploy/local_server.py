@@ -77,7 +77,8 @@ def start_local_server(registry: LocalRegistry, model: DeployedModel, config: Ge
     write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), config_file)
     log = registry.root / f"server-{model.version}.log"
     command = [sys.executable, "-m", "genrec", "serve", "--model-dir", model.path,
-               "--config", str(config_file), "--host", config.deploy.local_server_host, "--http-port", str(config.serving.http_port)]
+               "--config", str(config_file), "--host", config.deploy.local_server_host,
+               "--http-port", str(config.serving.http_port)]
     if feature_repo:
         command += ["--feature-repo", feature_repo]
     with log.open("ab") as out:
