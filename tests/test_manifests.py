@@ -548,6 +548,24 @@ def test_controller_rbac_is_least_privilege(overlay: str) -> None:
             assert pod.get("automountServiceAccountToken") is False, f"{where} mounts an API token"
 
 
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_pipeline_deployer_may_only_update_the_genrec_inference_service(overlay: str) -> None:
+    """The deploy step (genrec.deploy.kserve) reads and replaces one InferenceService: nothing else."""
+    from genrec.deploy.kserve import GROUP, PLURAL
+
+    docs = render(overlay)
+    _, cfg = genrec_config(docs)
+    service = one(docs, "InferenceService")
+    assert service["metadata"]["name"] == cfg.deploy.inference_service
+    assert service["metadata"]["namespace"] == cfg.deploy.namespace
+    role = one(docs, "Role", "genrec-pipeline-deployer")
+    assert role["rules"] == [{"apiGroups": [GROUP], "resources": [PLURAL],
+                              "resourceNames": [cfg.deploy.inference_service], "verbs": ["get", "update"]}]
+    binding = one(docs, "RoleBinding", "genrec-pipeline-deployer")
+    assert binding["roleRef"]["name"] == "genrec-pipeline-deployer"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+
+
 def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
     if selector is None:
         return True
