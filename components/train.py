@@ -32,11 +32,13 @@ def train_generator(
     from genrec.sid.codebook import Codebook
     from genrec.train.report import training_report
     from genrec.train.run import run_training
-    from genrec.train.summaries import summary_provider_for
+    from genrec.train.summaries import TRAINING_TARGETS, summary_provider_for
 
     cfg = GenrecConfig.from_dict(config)
     work_dir = Path(cfg.train.checkpoint_dir or f"{model.path}.checkpoints")
-    provider = summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None)
+    frame = read_parquet(splits.path)
+    provider = summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None, frame,
+                                    TRAINING_TARGETS)
     if cfg.train.processes > 1:
         if provider is not None:
             raise ValueError("summary tokens with train.processes > 1 are not wired yet: use one process")
@@ -49,7 +51,7 @@ def train_generator(
                             "--codebook", codebook.path, "--work-dir", str(work_dir),
                             "--model-dir", model.path], check=True)
     else:
-        run_training(cfg, read_parquet(splits.path), Codebook.load(codebook.path), work_dir, model.path,
+        run_training(cfg, frame, Codebook.load(codebook.path), work_dir, model.path,
                      summaries=provider, log=lambda line: print(line, flush=True))
     trained = load_model(model.path)
     record = trained.manifest["training"]
@@ -85,14 +87,15 @@ def evaluate(
     from genrec.model.artefact import load_model
     from genrec.train.data import evaluation_requests
     from genrec.train.report import evaluation_report
-    from genrec.train.summaries import summary_provider_for
+    from genrec.train.summaries import EVALUATION_TARGETS, summary_provider_for
 
     cfg = GenrecConfig.from_dict(config)
     trained = load_model(model.path)
     frame = read_parquet(splits.path)
-    provider = summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None)
-    if trained.decoder.summary_dim == 0:
-        provider = None
+    provider = None
+    if trained.decoder.summary_dim:
+        provider = summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None, frame,
+                                        EVALUATION_TARGETS)
     results = {}
     for split in ("valid", "test"):
         requests = evaluation_requests(frame, trained.item_ids, trained.decoder.config.recent_items, split)
