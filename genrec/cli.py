@@ -36,10 +36,12 @@ app.add_typer(config_app, name="config")
 def _mount_subcommands() -> None:
     # Each library area owns its command group; they are mounted here so `genrec --help` lists all.
     from genrec.features.cli import features_app
+    from genrec.serving.controller_cli import controller_app
     from genrec.sid.cli import sid_app
 
     app.add_typer(sid_app, name="sid")
     app.add_typer(features_app, name="features")
+    app.add_typer(controller_app, name="controller")
 
 
 _mount_subcommands()
