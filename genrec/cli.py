@@ -41,6 +41,9 @@ def _mount_subcommands() -> None:
 
     app.add_typer(sid_app, name="sid")
     app.add_typer(features_app, name="features")
+    from genrec.serving.cli import serve
+
+    app.command("serve")(serve)
     app.add_typer(controller_app, name="controller")
 
 

@@ -1,0 +1,53 @@
+"""`genrec serve`: the KServe predictor on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from genrec.config import ConfigError, load_config
+
+
+def serve(
+    model_dir: str = typer.Option(..., "--model-dir", help="Model folder (or file:// URI) from training."),
+    feature_repo: Path = typer.Option(None, "--feature-repo",
+                                      help="Feast feature repo with the users' summaries (online store)."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config file (see configs/)."),
+    overrides: list[str] = typer.Option(None, "--set", help="Override a config field: section.key=value."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 in a container)."),
+    http_port: int = typer.Option(None, "--http-port", help="HTTP port (default serving.http_port)."),
+    grpc_port: int = typer.Option(None, "--grpc-port",
+                                  help="gRPC port (default serving.grpc_port); with --no-grpc, none."),
+    grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve the v2 gRPC protocol."),
+    history: Path = typer.Option(None, "--history",
+                                 help="Interactions file (parquet/csv) to build the DARE pool from."),
+    threads: int = typer.Option(0, "--threads", help="Torch threads for decoding (0: torch's default)."),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log",
+                                    help="Log a line per request (KServe trace and uvicorn access logs)."),
+) -> None:
+    """Serve a trained model with KServe: v1/v2 predict, /admin/beam-policy, /metrics."""
+    import logging
+
+    import torch
+
+    from genrec.serving.speculative import PoolError
+
+    try:
+        cfg = load_config(config, overrides or [])
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if threads:
+        torch.set_num_threads(threads)
+    from genrec.serving.model import GenerativeRecommender, ModelSourceError
+    from genrec.serving.server import serve as run_server
+
+    logging.getLogger("genrec.serving").setLevel(logging.INFO)
+    model = GenerativeRecommender(cfg.serving.model_name, model_dir, cfg, feature_repo, history)
+    try:
+        run_server(model, host, http_port or cfg.serving.http_port,
+                   (grpc_port or cfg.serving.grpc_port) if grpc else None, access_log)
+    except (ModelSourceError, PoolError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc

@@ -1,0 +1,244 @@
+"""The predictor's work, free of KServe: summaries from Feast (with a timeout), context fallbacks,
+trie-constrained beam search (or DARE) per batch, and the answer per instance.
+
+Context per request:
+
+| stored summary | recent items | context used | metric |
+| --- | --- | --- | --- |
+| yes | any | summary + recent items | - |
+| no (unknown user or Feast down) | given | recent items only | fallbacks{kind="history_only"} |
+| no | not given | popular items (no decode) | fallbacks{kind="popular"} |
+
+A model trained without summary tokens reads no summaries (unless a summary-clustered DARE pool
+wants them); its requests are history-only by design and count no fallback. "Popular items" are
+the model's own top-K for an empty context: its learned prior over next items, computed once at
+load time at the default rung.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genrec.config import ServingConfig
+from genrec.model.artefact import TrainedModel
+from genrec.model.beam import BeamResult, beam_search
+from genrec.serving import instruments as m
+from genrec.serving.admin import PolicyState
+from genrec.serving.requests import Instance
+from genrec.serving.speculative import RetrievalPool, cluster_of_requests, dare_beam_search
+
+log = logging.getLogger("genrec.serving")
+
+
+@dataclass
+class Recommendation:
+    item_ids: list[str]
+    scores: list[float]
+    sids: list[list[int]]
+    # summary+history | summary | history | history_only | popular
+    context: str
+    widths: tuple[int, ...]
+
+    def to_json(self, user_id: str) -> dict[str, Any]:
+        return {"user_id": user_id, "context": self.context, "beam_policy": list(self.widths),
+                "items": [{"item_id": i, "score": s, "sid": sid}
+                          for i, s, sid in zip(self.item_ids, self.scores, self.sids)]}
+
+
+class SummaryFetcher:
+    """Reads users' newest summaries from the Feast online store, giving up after `timeout_ms`.
+
+    Reads run in one dedicated thread (Feast's sqlite store keeps per-thread connections); a read
+    that times out is left to finish there while requests go on without summaries."""
+
+    def __init__(self, repo_path: str | Path, timeout_ms: float) -> None:
+        from genrec.features.repo import FeatureRepo
+
+        self.repo = FeatureRepo.open(repo_path)
+        self.timeout = timeout_ms / 1000.0
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="genrec-feast")
+
+    def _read(self, users: list[str]) -> dict[str, np.ndarray | None]:
+        from genrec.features.read import online_summaries
+
+        return online_summaries(self.repo, users)
+
+    def warm_up(self, timeout_s: float) -> tuple[int, int] | None:
+        """Opens the store (registry, connections) before the first request; the shape of a stored
+        summary if the read worked and found one."""
+        try:
+            found = self._executor.submit(self._read, ["__genrec_warmup__"]).result(timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a store that is down at start is served without
+            log.warning("Feast online store not reachable at start (%s): serving history-only", exc)
+            return None
+        value = next(iter(found.values()))
+        return None if value is None else (int(value.shape[0]), int(value.shape[1]))
+
+    def fetch(self, users: list[str]) -> dict[str, np.ndarray | None] | None:
+        """Summary (or None) per user; None for the whole call when the store failed or was slow."""
+        started = time.perf_counter()
+        try:
+            return self._executor.submit(self._read, users).result(timeout=self.timeout)
+        except Exception as exc:  # noqa: BLE001 - any store failure degrades to history-only
+            m.FEAST_ERRORS.inc()
+            log.warning("Feast online read failed for %d users (%s: %s)", len(users), type(exc).__name__, exc)
+            return None
+        finally:
+            m.FEATURE_FETCH_SECONDS.observe(time.perf_counter() - started)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ServingEngine:
+    def __init__(self, model: TrainedModel, config: ServingConfig, state: PolicyState,
+                 fetcher: SummaryFetcher | None = None, pool: RetrievalPool | None = None,
+                 summary_shape: tuple[int, int] | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.state = state
+        self.fetcher = fetcher
+        self.pool = pool
+        self.decoder = model.decoder
+        self.codes = self.decoder.item_codes.cpu().numpy()
+        self.summary_dim = int(self.decoder.summary_dim)
+        # Missing summaries are zeros, as in training (SnapshotSummaries gives zeros where a user has
+        # no snapshot yet); K tokens of them, K as stored.
+        self.summary_tokens = summary_shape[0] if summary_shape else 1
+        self.wants_summaries = fetcher is not None and (
+            self.summary_dim > 0 or (pool is not None and pool.mode == "summary"))
+        self.popular = self._popular()
+
+    def known(self, item: str) -> bool:
+        return item in self.model._row_of
+
+    def unknown_items(self, instances: Sequence[Instance]) -> list[str]:
+        return sorted({i for inst in instances for i in inst.recent_items if not self.known(i)})
+
+    def _popular(self) -> Recommendation:
+        widths = self.state.ladder.policy(self.state.ladder.default_rung).for_levels(self.decoder.levels)
+        summaries = self._zeros(1) if self.summary_dim else None
+        result = self._search([[]], widths, self.config.max_top_k, summaries)
+        return self._answers(result, [self.config.max_top_k], "popular", widths)[0]
+
+    def _zeros(self, batch: int) -> np.ndarray:
+        return np.zeros((batch, self.summary_tokens, self.summary_dim), dtype=np.float32)
+
+    # -- one batch ---------------------------------------------------------------------------------
+
+    def decode(self, instances: list[Instance]) -> list[Recommendation]:
+        """Recommendations for a batch of validated instances, in order."""
+        m.BATCH_SIZE.observe(len(instances))
+        current = self.state.current.policy
+        summaries = self._summaries(instances)
+        out: list[Recommendation | None] = [None] * len(instances)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, instance in enumerate(instances):
+            has_summary = summaries is not None and summaries[index] is not None
+            if not instance.history_given and not has_summary:
+                m.FALLBACKS.labels(kind="popular").inc()
+                out[index] = _cut(self.popular, instance.k)
+                continue
+            policy = instance.policy or current
+            groups.setdefault(policy.for_levels(self.decoder.levels), []).append(index)
+        for widths, members in groups.items():
+            batch = [instances[i] for i in members]
+            stacked = None
+            contexts = []
+            for i in members:
+                have = summaries is not None and summaries[i] is not None
+                if self.summary_dim and not have:
+                    m.FALLBACKS.labels(kind="history_only").inc()
+                contexts.append(("summary+history" if instances[i].history_given else "summary") if have and
+                                self.summary_dim else ("history_only" if self.summary_dim else "history"))
+            if self.summary_dim or (self.pool is not None and self.pool.mode == "summary"):
+                stacked = self._stack([summaries[i] if summaries is not None else None for i in members])
+            top_k = max(inst.k for inst in batch)
+            started = time.perf_counter()
+            result = self._search([list(inst.recent_items) for inst in batch], widths, top_k, stacked,
+                                  have_summaries=summaries is not None)
+            m.DECODE_SECONDS.observe(time.perf_counter() - started)
+            answers = self._answers(result, [inst.k for inst in batch], "", widths)
+            for i, answer, context in zip(members, answers, contexts):
+                answer.context = context
+                out[i] = answer
+        return [o for o in out if o is not None]
+
+    def _summaries(self, instances: list[Instance]) -> list[np.ndarray | None] | None:
+        if not self.wants_summaries or self.fetcher is None:
+            return None
+        users = sorted({inst.user_id for inst in instances})
+        found = self.fetcher.fetch(users)
+        if found is None:
+            m.FEAST_MISSES.labels(reason="unavailable").inc(len(users))
+            return [None] * len(instances)
+        out = []
+        for inst in instances:
+            value = found.get(inst.user_id)
+            if value is not None and (value.ndim != 2 or value.shape[1] != self._stored_dim()):
+                log.warning("a stored summary has shape %s; the model reads d=%d: ignored", value.shape,
+                            self._stored_dim())
+                value = None
+            out.append(value)
+        m.FEAST_MISSES.labels(reason="unknown_user").inc(sum(1 for u in users if found.get(u) is None))
+        return out
+
+    def _stored_dim(self) -> int:
+        if self.summary_dim:
+            return self.summary_dim
+        return int(self.pool.centroids.shape[1]) if self.pool is not None and self.pool.clusters else -1
+
+    def _stack(self, values: list[np.ndarray | None]) -> np.ndarray:
+        dim = self._stored_dim()
+        tokens = max([v.shape[0] for v in values if v is not None], default=self.summary_tokens)
+        out = np.zeros((len(values), tokens, max(dim, 0)), dtype=np.float32)
+        for row, value in enumerate(values):
+            if value is not None:
+                out[row, :value.shape[0]] = value
+        return out
+
+    @torch.inference_mode()
+    def _search(self, histories: list[list[str]], widths: tuple[int, ...], top_k: int,
+                summaries: np.ndarray | None, have_summaries: bool = False) -> BeamResult:
+        recent = self.model.history_rows(histories)
+        device = self.decoder.item_codes.device
+        model_summary = None
+        if self.summary_dim:
+            given = summaries if summaries is not None else self._zeros(len(histories))
+            model_summary = torch.as_tensor(given, dtype=torch.float32, device=device)
+        context = self.decoder.embed_context(recent, model_summary)
+        if self.pool is None or not self.config.dare:
+            m.DECODER_PASSES.inc(self.decoder.levels)
+            return beam_search(self.decoder, context, self.model.tables, widths, top_k)
+        clusters = cluster_of_requests(self.pool, self.decoder, recent,
+                                       summaries if have_summaries else None)
+        result, stats = dare_beam_search(self.decoder, context, self.model.tables, widths, top_k, self.pool,
+                                         clusters.tolist(), self.config.dare_drafts, self.config.dare_top_k,
+                                         self.config.dare_min_prob)
+        m.DECODER_PASSES.inc(max(stats.passes, default=0))
+        m.DARE_DRAFT_TOKENS.inc(stats.draft_tokens)
+        m.DARE_ACCEPTED_TOKENS.inc(stats.accepted_tokens)
+        return result
+
+    def _answers(self, result: BeamResult, ks: list[int], context: str, widths: tuple[int, ...]
+                 ) -> list[Recommendation]:
+        out = []
+        for rows, scores, k in zip(result.items.tolist(), result.scores.tolist(), ks):
+            pairs = [(r, s) for r, s in zip(rows[:k], scores[:k]) if r >= 0]
+            out.append(Recommendation([str(self.model.item_ids[r]) for r, _ in pairs], [s for _, s in pairs],
+                                      [self.codes[r].tolist() for r, _ in pairs], context, tuple(widths)))
+        return out
+
+
+def _cut(answer: Recommendation, k: int) -> Recommendation:
+    return Recommendation(answer.item_ids[:k], answer.scores[:k], answer.sids[:k], answer.context,
+                          answer.widths)

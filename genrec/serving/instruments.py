@@ -1,0 +1,45 @@
+"""The predictor's Prometheus instruments, created once per process in the default registry.
+
+KServe's ModelServer serves the default `prometheus_client.REGISTRY` at `GET /metrics` on the HTTP
+port, so registering here is all it takes to export them. Names come from `genrec.serving.metrics`;
+labels are small fixed sets (never a user or item id).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from genrec.serving import metrics as names
+
+# Request latencies on a 2-core CPU run from about a millisecond to a few hundred; the SLO the
+# controller watches is 100 ms, so the buckets are dense around it.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+                   2.5, 5.0)
+# Batch sizes are bounded by serving.max_batch_size (32 by default); powers of two cover it.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+REQUEST_SECONDS = Histogram(names.REQUEST_SECONDS, "End-to-end predict latency, parsing to response.",
+                            buckets=LATENCY_BUCKETS)
+FEATURE_FETCH_SECONDS = Histogram(names.FEATURE_FETCH_SECONDS, "Feast online read per decode batch.",
+                                  buckets=LATENCY_BUCKETS)
+DECODE_SECONDS = Histogram(names.DECODE_SECONDS, "Beam search (or DARE) per decode batch.",
+                           buckets=LATENCY_BUCKETS)
+REQUESTS = Counter(names.REQUESTS, "Predict requests by outcome.", ["code"])
+INFLIGHT = Gauge(names.INFLIGHT, "Predict requests being served now.")
+BATCH_SIZE = Histogram(names.BATCH_SIZE, "Requests (instances) per decode batch.", buckets=BATCH_BUCKETS)
+BEAM_RUNG = Gauge(names.BEAM_RUNG, "Ladder rung of the beam policy in force.")
+BEAM_WIDTH = Gauge(names.BEAM_WIDTH, "Beam width in force per semantic-ID level.", ["level"])
+GUARD_STEPDOWNS = Counter(names.GUARD_STEPDOWNS, "Rung step-downs by the local in-flight guard.")
+DARE_DRAFT_TOKENS = Counter(names.DARE_DRAFT_TOKENS, "DARE draft tokens verified.")
+DARE_ACCEPTED_TOKENS = Counter(names.DARE_ACCEPTED_TOKENS, "DARE draft tokens accepted.")
+DECODER_PASSES = Counter(names.DECODER_PASSES, "Per-beam decoder passes (beam steps or DARE verifies).")
+FEAST_MISSES = Counter(names.FEAST_MISSES, "Users served without a stored summary.", ["reason"])
+FEAST_ERRORS = Counter(names.FEAST_ERRORS, "Feast online reads that failed or timed out.")
+FALLBACKS = Counter(names.FALLBACKS, "Requests served from a reduced context.", ["kind"])
+
+for _code in ("ok", "client_error", "server_error"):
+    REQUESTS.labels(code=_code)
+for _reason in ("unknown_user", "unavailable"):
+    FEAST_MISSES.labels(reason=_reason)
+for _kind in ("history_only", "popular"):
+    FALLBACKS.labels(kind=_kind)

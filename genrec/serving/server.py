@@ -1,0 +1,88 @@
+"""Runs `GenerativeRecommender` in a `kserve.ModelServer`, plus genrec's own HTTP routes.
+
+KServe's REST server serves one module-level FastAPI app (`kserve.model_server.app`) with the v1/v2
+inference routes, health routes and `GET /metrics` (the default Prometheus registry, where
+`genrec.serving.instruments` lives). genrec adds to that same app, so everything is on one HTTP port:
+
+- `ServingMiddleware`: the body-size limit (413), the in-flight count, the local guard and the
+  request metrics;
+- `GET/PUT /admin/beam-policy` (`genrec.serving.admin`).
+
+KServe binds 0.0.0.0; `LocalModelServer` binds the host it is given (loopback in tests and on a
+developer machine).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from genrec.serving._kserve import import_kserve
+from genrec.serving.admin import ServingMiddleware, install_admin_routes
+from genrec.serving.model import GenerativeRecommender
+
+kserve = import_kserve()
+from kserve.model_server import ModelServer  # noqa: E402
+
+log = logging.getLogger("genrec.serving")
+
+
+def install(app: Any, model: GenerativeRecommender) -> None:
+    """genrec's middleware and admin routes on a FastAPI app (before it starts serving)."""
+    app.add_middleware(ServingMiddleware, config=model.serving, state=model.state)
+    install_admin_routes(app, model.state, model.serving.admin_token_env)
+
+
+class LocalModelServer(ModelServer):  # type: ignore[misc]
+    def __init__(self, host: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.host = host
+
+    async def _serve(self) -> None:
+        # The REST server exists once start() ran; uvicorn reads the host only when it binds.
+        if self._rest_server is not None:
+            self._rest_server.config.host = self.host
+        await super()._serve()
+
+
+def serve(model: GenerativeRecommender, host: str, http_port: int, grpc_port: int | None,
+          access_log: bool = False) -> None:
+    """Loads the model and serves it until SIGTERM/SIGINT (blocking)."""
+    import kserve.model_server as kserve_server
+
+    if not access_log:
+        # KServe logs a trace line per request and per handler, uvicorn an access line: at a few
+        # hundred requests a second on two cores that logging costs more than the decoding.
+        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+    model.load()
+    install(kserve_server.app, model)
+    server = LocalModelServer(host=host, http_port=http_port, grpc_port=grpc_port or 0,
+                              enable_grpc=grpc_port is not None, workers=1,
+                              enable_latency_logging=False)
+    log.info("serving %s on http://%s:%d", model.name, host, http_port)
+    server.start([model])
+
+
+def in_process_app(model: GenerativeRecommender) -> Any:
+    """A fresh FastAPI app with KServe's routes, genrec's middleware and admin routes, for an HTTP
+    test client (no sockets): the same handlers `serve` runs, called in-process."""
+    from fastapi import FastAPI
+    from fastapi.responses import ORJSONResponse
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+    from kserve.protocol.rest.server import RESTServer
+
+    if not model.ready:
+        model.load()
+    repository = ModelRepository()
+    repository.update(model)
+    dataplane = DataPlane(model_registry=repository)
+    rest = RESTServer("kserve.model_server:app", dataplane, ModelRepositoryExtension(repository), http_port=0)
+    app = FastAPI(default_response_class=ORJSONResponse)
+    install(app, model)
+    rest._register_endpoints(app)
+    rest._add_exception_handlers(app)
+    return app
