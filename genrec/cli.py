@@ -38,6 +38,7 @@ def _mount_subcommands() -> None:
     from genrec.features.cli import features_app
     from genrec.serving.controller_cli import controller_app
     from genrec.sid.cli import sid_app
+    from genrec.train.cli import train_app
 
     app.add_typer(sid_app, name="sid")
     app.add_typer(features_app, name="features")
@@ -45,6 +46,7 @@ def _mount_subcommands() -> None:
 
     app.command("serve")(serve)
     app.add_typer(controller_app, name="controller")
+    app.add_typer(train_app, name="train")
 
 
 _mount_subcommands()

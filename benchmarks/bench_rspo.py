@@ -1,0 +1,179 @@
+"""RSPO against its VSL starting point and the pairwise-DPO ablation, evaluated in one run:
+Recall/NDCG/Value@10 on the TEST target of ALL users (history train + valid, full catalogue).
+RSPO and DPO learn only from training rows. Writes benchmarks/results/rspo_<dataset>.json + .png.
+
+    nice python -m benchmarks.bench_rspo --datasets movielens beauty --set rspo.threads=1
+
+The VSL models are the ones bench_quality trains (same recipes, same cache under
+~/.cache/genrec/bench); a missing one is an error unless --allow-train is given, since Beauty's
+takes over half an hour. `--sweep` tries RSPO settings (each a comma-separated list of overrides)
+and records their VALIDATION figures (all users) in rspo_sweep_<dataset>.json: settings are picked
+on validation, never on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+
+from benchmarks.bench_quality import (
+    CACHE,
+    DATASETS,
+    SHARED,
+    Prepared,
+    _key,
+    load_average,
+    prepare,
+    run_config,
+    test_figures,
+    train_cached,
+)
+from benchmarks.harness import save_result
+from genrec.config import GenrecConfig
+from genrec.evaluate import evaluate
+from genrec.model.artefact import TrainedModel
+from genrec.train.data import evaluation_requests
+from genrec.train.rspo import finetune
+
+KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "value@5", "value@10", "coverage@10")
+# The acceptance target of issue 6, relative to VSL.
+TARGET_VALUE_GAIN = 0.05
+TARGET_NDCG_LOSS = 0.02
+
+
+def _cached_model(prepared: Prepared, config: GenrecConfig, allow_train: bool) -> TrainedModel:
+    """bench_quality's model for this recipe; refuses to train one unless allowed."""
+    # The same key train_cached computes: refusing needs to know before it starts training.
+    codes = hashlib.sha256(prepared.codebook.codes.tobytes()).hexdigest()
+    train = {k: v for k, v in dataclasses.asdict(config.train).items()
+             if k not in ("valid_users", "eval_every", "threads", "eval_batch_size")}
+    folder = CACHE / f"model-{prepared.name}-{config.model.decoder}-" \
+                     f"{_key(prepared.name, codes, dataclasses.asdict(config.model), train)}"
+    if not (folder / "model").is_dir() and not allow_train:
+        raise SystemExit(f"no cached VSL model for {prepared.name} at {folder}: run bench_quality with the "
+                         "same recipe first, or pass --allow-train")
+    return train_cached(prepared, config, f"[{prepared.name} vsl] ")
+
+
+def _tuned(model: TrainedModel, config: GenrecConfig, prepared: Prepared) -> tuple[TrainedModel, dict[str, Any]]:
+    result = finetune(config, prepared.splits, model, log=lambda line: print(f"[{prepared.name} "
+                                                                             f"{config.rspo.loss}] {line}",
+                                                                             flush=True))
+    return TrainedModel(result.policy, model.item_ids, model.manifest), {**result.stats, "curve": result.curve}
+
+
+def _valid_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig) -> dict[str, float]:
+    requests = evaluation_requests(prepared.splits, model.item_ids, model.decoder.config.recent_items, "valid")
+    return evaluate(model.decoder, requests, model.tables, config.train.beam_widths, config.train.top_k,
+                    config.train.eval_batch_size)
+
+
+def _relative(new: float, old: float) -> float:
+    return new / old - 1.0 if old else float("nan")
+
+
+def compare(name: str, overrides: list[str], allow_train: bool) -> None:
+    config = run_config(name, overrides)
+    started_load = load_average()
+    prepared = prepare(name, config)
+    vsl_model = _cached_model(prepared, config, allow_train)
+    vsl = test_figures(vsl_model, prepared, config)
+    runs: dict[str, dict[str, Any]] = {}
+    tested: dict[str, dict[str, float]] = {"VSL": vsl}
+    for loss in ("rspo", "dpo"):
+        run = config.with_overrides([f"rspo.loss={loss}"])
+        tuned, stats = _tuned(vsl_model, run, prepared)
+        label = {"rspo": "VSL+RSPO", "dpo": "VSL+DPO"}[loss]
+        tested[label] = test_figures(tuned, prepared, run)
+        runs[label] = stats
+    figures: dict[str, Any] = {
+        "dataset": DATASETS[name],
+        "protocol": "leave-one-out; test target of all users; history train+valid; full catalogue; "
+                    "RSPO/DPO trained on train rows only",
+        "test": {label: {k: figs[k] for k in KEYS} for label, figs in tested.items()},
+        "relative_to_vsl": {label: {k: _relative(figs[k], vsl[k]) for k in ("recall@10", "ndcg@10", "value@10")}
+                            for label, figs in tested.items() if label != "VSL"},
+        "target": {"value@10_gain_at_least": TARGET_VALUE_GAIN, "ndcg@10_loss_at_most": TARGET_NDCG_LOSS},
+        "target_met": {label: _relative(figs["value@10"], vsl["value@10"]) >= TARGET_VALUE_GAIN
+                       and _relative(figs["ndcg@10"], vsl["ndcg@10"]) >= -TARGET_NDCG_LOSS
+                       for label, figs in tested.items() if label != "VSL"},
+        "runs": {label: {k: v for k, v in stats.items() if k != "config"} for label, stats in runs.items()},
+        "rspo_config": dataclasses.asdict(config.rspo),
+        "seeds": {"rspo": config.rspo.seed, "vsl_train": config.train.seed, "sid": config.sid.seed,
+                  "bids": config.bids.seed},
+        "vsl_model": {"train_minutes": vsl_model.manifest["training"]["train_seconds"] / 60,
+                      "finished": vsl_model.manifest["training"]["finished"]},
+        "value_source": prepared.value_source,
+        "config_overrides": overrides,
+        "load_average_start_end": [started_load, load_average()],
+        "torch_threads": torch.get_num_threads(),
+    }
+
+    def plot() -> plt.Figure:
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))
+        colours = ["#999", "#36c", "#c63"]
+        for ax, metric in zip(axes, ("recall@10", "ndcg@10", "value@10")):
+            labels = list(tested)
+            ax.bar(labels, [tested[label][metric] for label in labels], color=colours)
+            ax.set_title(f"{DATASETS[name]} test {metric}")
+            ax.tick_params(axis="x", labelsize=8)
+        fig.suptitle(f"RSPO beta {config.rspo.beta}, KL {config.rspo.kl_weight}, seed {config.rspo.seed}")
+        fig.tight_layout()
+        return fig
+
+    save_result(f"rspo_{name}", figures, plot)
+
+
+def sweep(name: str, overrides: list[str], variants: list[str], allow_train: bool) -> None:
+    """RSPO only, one run per variant; validation figures (all users) for picking settings."""
+    config = run_config(name, overrides)
+    prepared = prepare(name, config)
+    vsl_model = _cached_model(prepared, config, allow_train)
+    rows: list[dict[str, Any]] = [{"variant": "VSL", **{k: v for k, v in _valid_figures(
+        vsl_model, prepared, config).items() if k in KEYS}}]
+    for variant in variants:
+        run = config.with_overrides([v for v in variant.split(",") if v])
+        tuned, stats = _tuned(vsl_model, run, prepared)
+        figures = _valid_figures(tuned, prepared, run)
+        rows.append({"variant": variant, **{k: figures[k] for k in KEYS},
+                     "steps": stats["steps"], "train_seconds": stats["train_seconds"]})
+        print(rows[-1], flush=True)
+
+    def plot() -> plt.Figure:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for row in rows:
+            ax.scatter(row["ndcg@10"], row["value@10"], label=row["variant"])
+        ax.set_xlabel("valid NDCG@10 (all users)")
+        ax.set_ylabel("valid Value@10")
+        ax.legend(fontsize=6)
+        return fig
+
+    save_result(f"rspo_sweep_{name}", {"dataset": DATASETS[name], "split": "valid (all users)", "rows": rows,
+                                       "config_overrides": overrides}, plot)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["movielens", "beauty"], choices=sorted(DATASETS))
+    parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    parser.add_argument("--sweep", nargs="+", default=[], metavar="OVERRIDES",
+                        help="RSPO variants, each 'rspo.beta=2,rspo.kl_weight=0.05': validation only")
+    parser.add_argument("--allow-train", action="store_true", help="train a missing VSL model into the cache")
+    args = parser.parse_args()
+    for name in args.datasets:
+        if name != "movielens" and not SHARED.is_dir():
+            print(f"skipping {name}: {SHARED} is absent")
+            continue
+        if args.sweep:
+            sweep(name, args.set, args.sweep, args.allow_train)
+        else:
+            compare(name, args.set, args.allow_train)
+
+
+if __name__ == "__main__":
+    main()
