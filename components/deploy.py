@@ -1,7 +1,5 @@
 """The gate (is the candidate at least as good as the deployed model?) and the deploy step."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
@@ -9,12 +7,11 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def gate_model(config: dict, evaluation: Input[Metrics], gate_metrics: Output[Metrics]
-               ) -> NamedTuple("GateOutputs", [("promote", bool), ("reason", str)]):
+def gate_model(config: dict, evaluation: Input[Metrics], gate_metrics: Output[Metrics]) -> bool:
     """Compares the candidate's test figures with those of the deployed model (the local registry's
-    deployed.json, or the InferenceService's annotations) and says whether to promote it."""
+    deployed.json, or the InferenceService's annotations) and returns whether to promote it. (A
+    single output: kfp.local resolves a condition on a task's `Output`, not on a named output.)"""
     import json
-    from collections import namedtuple
     from pathlib import Path
 
     from components.runtime import log_metrics
@@ -38,8 +35,8 @@ def gate_model(config: dict, evaluation: Input[Metrics], gate_metrics: Output[Me
                **{f"candidate_{k}": v for k, v in decision.candidate.items()},
                **{f"deployed_{k}": v for k, v in (decision.deployed or {}).items()}}
     log_metrics(gate_metrics, figures)
-    outputs = namedtuple("GateOutputs", ["promote", "reason"])
-    return outputs(decision.promote and cfg.deploy.target != "none", decision.summary())
+    gate_metrics.metadata["decision"] = decision.summary()
+    return decision.promote and cfg.deploy.target != "none"
 
 
 @dsl.component(base_image=BASE_IMAGE)

@@ -122,7 +122,7 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         gate = on_image(
             gate_model(config=config, evaluation=evaluation.outputs["metrics"])
         ).set_display_name("gate: not worse than deployed").set_caching_options(False)
-        with dsl.If(gate.outputs["promote"] == True, name="promoted"):  # noqa: E712 (a kfp condition)
+        with dsl.If(gate.outputs["Output"] == True, name="promoted"):  # noqa: E712 (a kfp condition)
             on_image(
                 deploy_model(
                     config=config,

@@ -24,7 +24,8 @@ def test_compiles_and_loads_back(tmp_path: Path) -> None:
     cfg = GenrecConfig()
     cfg.pipeline.image = "registry.example/genrec:test"
     path = compile_pipeline(cfg, tmp_path / "p.yaml")
-    spec = yaml.safe_load(path.read_text())
+    # The pipeline spec, then the kubernetes platform spec (GPU node selectors, tolerations).
+    spec = next(yaml.safe_load_all(path.read_text()))
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example/genrec:test"}
     assert set(spec["root"]["dag"]["tasks"]) >= {"ingest-and-validate", "split-interactions"}

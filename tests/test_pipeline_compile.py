@@ -10,8 +10,6 @@ import yaml
 from genrec.config import GenrecConfig
 from pipelines.genrec_pipeline import compile_pipeline
 
-GPU_EXECUTORS = {"exec-train-generator"}
-
 
 def compiled(cfg: GenrecConfig, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pipeline spec, kubernetes platform spec) of the compiled YAML."""
@@ -77,7 +75,7 @@ def test_gate_and_deploy_are_never_cached_and_deploy_runs_only_when_promoted(tmp
     assert tasks["gate-model"]["cachingOptions"] == {}  # enableCache absent: caching off
     assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
     condition = next(t for t in tasks.values() if "triggerPolicy" in t)
-    assert "promote" in condition["triggerPolicy"]["condition"]
+    assert "gate-model-Output" in condition["triggerPolicy"]["condition"]
     inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
     assert set(inner) == {"deploy-model"} and inner["deploy-model"]["cachingOptions"] == {}
 
