@@ -17,7 +17,7 @@ from genrec.cli import app
 from genrec.config import GenrecConfig, RspoConfig
 from genrec.data.split import leave_one_out
 from genrec.model.artefact import load_model, save_model
-from genrec.model.decoder import SidSpace, build_decoder
+from genrec.model.decoder import Context, SidSpace, build_decoder
 from genrec.train.rspo import (
     PENDING_FILE,
     REFERENCE_FILE,
@@ -270,3 +270,15 @@ def test_finetune_rspo_component_runs(served: Path, tmp_path: Path) -> None:
     assert "data:image/png;base64" in (out / "report").read_text()
     assert metrics.metadata["steps"] == 6 and "valid_subset_after_value@10" in metrics.metadata
     assert folder_hash(served) == served_hash
+
+
+def test_candidate_scores_equal_the_full_teacher_forced_pass(served: Path) -> None:
+    decoder = load_model(served).decoder
+    recent = torch.tensor([[3, 1, -1, -1], [5, 2, 7, 0]])
+    items = torch.tensor([[0, 4, 9], [12, 3, 3]])
+    fast = rspo_module.sequence_log_probs(decoder, recent, items)
+    context = decoder.embed_context(recent)
+    rows = [decoder.code_log_probs(Context(context.tokens[b:b + 1].expand(3, -1, -1),
+                                           context.pad[b:b + 1].expand(3, -1)), decoder.item_codes[items[b]])
+            .sum(-1) for b in range(2)]
+    torch.testing.assert_close(fast, torch.stack(rows), rtol=1e-5, atol=1e-5)

@@ -62,7 +62,7 @@ from genrec.evaluate import evaluate
 from genrec.io import atomic_path
 from genrec.model.artefact import ModelArtefactError, TrainedModel, load_model, save_model
 from genrec.model.beam import TrieTables, beam_search
-from genrec.model.decoder import PAD_ITEM, Context, SidDecoder
+from genrec.model.decoder import PAD_ITEM, SidDecoder
 from genrec.train.data import ExampleSet, evaluation_requests, item_rows, training_examples
 from genrec.train.loop import ADAM_BETAS
 
@@ -232,12 +232,22 @@ def candidate_lists(policy: SidDecoder, recent: Tensor, tables: TrieTables, extr
 
 
 def sequence_log_probs(decoder: SidDecoder, recent: Tensor, items: Tensor) -> Tensor:
-    """log p(ID of items[b, c] | context b), [B, C], by the teacher-forced pass (differentiable)."""
+    """log p(ID of items[b, c] | context b), [B, C], differentiable. The decoding path: the context
+    goes through the layers once per request and every candidate is a beam teacher-forced through
+    the per-beam layers (for LazyAR only the top M), which is N/M times cheaper per candidate than
+    the full pass of `code_log_probs` and equal to it (tests/test_model_decoder.py holds them)."""
     batch, width = items.shape
-    context = decoder.embed_context(recent)
-    expanded = Context(context.tokens.repeat_interleave(width, 0), context.pad.repeat_interleave(width, 0))
-    codes = decoder.item_codes[items.clamp(min=0).reshape(-1)]
-    return decoder.code_log_probs(expanded, codes).sum(-1).view(batch, width)
+    codes = decoder.item_codes[items.clamp(min=0)]  # [B, C, L]
+    state = decoder.start(decoder.embed_context(recent))
+    total = torch.zeros(batch, width, device=items.device)
+    previous: Tensor | None = None
+    for level in range(decoder.levels):
+        log_probs = decoder.step(state, level, previous)  # [B, 1 at level 0 else C, K_level]
+        total = total + log_probs.expand(batch, width, -1).gather(-1, codes[..., level, None]).squeeze(-1)
+        if level == 0:  # one shared level-0 cache becomes one per candidate
+            state.reorder(torch.zeros(batch, width, dtype=torch.long, device=items.device))
+        previous = codes[..., level]
+    return total
 
 
 # -- the trainer -------------------------------------------------------------------------------
