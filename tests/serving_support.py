@@ -1,9 +1,9 @@
 """Helpers to test against a real predictor: a tiny trained model in seconds, and a real
 `genrec serve` process on a free loopback port.
 
-    from tests.serving_support import build_tiny_model, start_server
+    from tests.serving_support import cached_tiny_model, start_server
 
-    model_dir = build_tiny_model(tmp_path / "model")           # ~2 s, a real LazyAR artefact
+    model_dir = cached_tiny_model()    # a real LazyAR artefact, trained once per machine (~10 s)
     server = start_server(model_dir, env={"GENREC_ADMIN_TOKEN": "secret"})
     try:
         httpx.post(f"{server.url}/v1/models/genrec:predict", json={"instances": [...]})
@@ -100,6 +100,26 @@ def build_tiny_model(folder: str | Path, *, users: int = 40, items: int = 60, se
     save_model(folder, result.decoder, codebook.item_ids)
     log.to_parquet(folder.parent / HISTORY_FILE)
     return folder
+
+
+def cached_tiny_model(summary_dim: int = 0) -> Path:
+    """`build_tiny_model` once per machine and parameters: kept under the temp folder (keyed by this
+    file's content, so editing the recipe rebuilds) and reused by later test runs and processes."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    key = hashlib.sha256(Path(__file__).read_bytes() + str(summary_dim).encode()).hexdigest()[:12]
+    root = Path(tempfile.gettempdir()) / "genrec-test-models" / f"tiny-{summary_dim}-{key}"
+    if not (root / "model").is_dir():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="building-", dir=root.parent))
+        build_tiny_model(scratch / "model", summary_dim=summary_dim)
+        try:
+            scratch.rename(root)
+        except OSError:  # another process won the race: use its copy
+            shutil.rmtree(scratch, ignore_errors=True)
+    return root / "model"
 
 
 def build_tiny_feature_repo(folder: str | Path, model_dir: str | Path, *, redis_port: int | None = None) -> Path:
