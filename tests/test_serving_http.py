@@ -200,3 +200,27 @@ def test_file_uri_is_served(model_dir: Path) -> None:
 
     model = GenerativeRecommender("genrec", f"file://{model_dir}")
     assert model.load() and model.ready
+
+
+def test_generated_bad_requests_against_the_real_process(server: ServerHandle) -> None:
+    """A sample of test_serving_fuzz's generated requests, over the socket: still never a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+
+    from tests.test_serving_fuzz import requests
+
+    codes: list[int] = []
+    with httpx.Client(timeout=30) as client:
+
+        @settings(max_examples=150, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(requests)
+        def check(request: tuple[str, bytes]) -> None:
+            protocol, body = request
+            url = server.predict_url if protocol == "v1" else server.infer_url
+            response = client.post(url, content=body, headers={"Content-Type": "application/json"})
+            codes.append(response.status_code)
+            assert response.status_code < 500, (protocol, body[:200], response.text[:200])
+
+        check()
+    assert len(codes) == 150
+    assert metric(server.metrics(), "genrec_requests_total", 'code="server_error"') == 0

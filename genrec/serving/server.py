@@ -28,9 +28,26 @@ log = logging.getLogger("genrec.serving")
 
 
 def install(app: Any, model: GenerativeRecommender) -> None:
-    """genrec's middleware and admin routes on a FastAPI app (before it starts serving)."""
+    """genrec's middleware, admin routes and validation-error handler on a FastAPI app (before it
+    starts serving)."""
+    from fastapi.exceptions import RequestValidationError
+
     app.add_middleware(ServingMiddleware, config=model.serving, state=model.state)
     install_admin_routes(app, model.state, model.serving.admin_token_env)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+async def validation_error(_: Any, exc: Exception) -> Any:
+    """422 for a v2 body that does not fit the Open Inference Protocol schema. FastAPI's own handler
+    echoes the offending input back, and fails with a 500 when that input is Infinity or NaN (valid
+    to Python's JSON parser, not to its encoder); this one names the fields only."""
+    from fastapi.responses import JSONResponse
+
+    errors = getattr(exc, "errors", lambda: [])()
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                         for e in errors[:5])
+    return JSONResponse({"error": f"the request does not fit the inference protocol: {problems}"},
+                        status_code=422)
 
 
 class LocalModelServer(ModelServer):  # type: ignore[misc]
