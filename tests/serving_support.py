@@ -18,13 +18,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,20 @@ def tiny_request(model_dir: str | Path, user: str = "u1", k: int = 5, items: Seq
     if beam_policy is not None:
         instance["beam_policy"] = list(beam_policy)
     return {"instances": [instance]}
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a block: the tiny models here are overhead-bound, and on a shared
+    2-core machine a second torch thread waiting on a busy core makes them many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def free_port() -> int:

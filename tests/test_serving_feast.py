@@ -5,15 +5,22 @@ popular items without a history) with a metric, never an error."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.serving_support import build_tiny_feature_repo, cached_tiny_model, free_port
+from tests.serving_support import build_tiny_feature_repo, cached_tiny_model, free_port, one_torch_thread
 
 PREDICT = "/v1/models/genrec:predict"
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
 
 
 def sample(name: str, **labels: str) -> float:

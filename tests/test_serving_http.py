@@ -7,16 +7,30 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serving_support import ServerHandle, cached_tiny_model, predict, start_server, tiny_request
+from tests.serving_support import (
+    ServerHandle,
+    cached_tiny_model,
+    one_torch_thread,
+    predict,
+    start_server,
+    tiny_request,
+)
 
 TOKEN = "test-token"
 # Short batch wait so requests pile up in flight for the guard test; small guard bound.
 GUARD = 3
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
 
 
 @pytest.fixture(scope="module")
