@@ -289,6 +289,36 @@ def pipeline_compile(
     console.print(f"compiled {cfg.pipeline.name} to {path} (image {cfg.pipeline.image})")
 
 
+@pipeline_app.command("submit")
+@friendly_errors
+def pipeline_submit(
+    host: str = typer.Option("", "--host", help="Kubeflow Pipelines API URL (default: pipeline.host)."),
+    run_name: str | None = typer.Option(None, "--run-name", help="Name shown in the Kubeflow UI."),
+    token_env: str = typer.Option("KFP_TOKEN", "--token-env",
+                                  help="Environment variable holding a bearer token, if the endpoint needs one."),
+    package: Path | None = typer.Option(None, "--package", help="Submit this compiled YAML instead."),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Compile the pipeline and start a run on a Kubeflow cluster; prints the run's URL."""
+    import os
+
+    from pipelines.genrec_pipeline import SubmitError, submit_pipeline
+
+    cfg = _config(config_path, overrides)
+    endpoint = host or cfg.pipeline.host
+    if not endpoint:
+        raise typer.BadParameter("no Kubeflow endpoint: pass --host URL or set pipeline.host", param_hint="--host")
+    try:
+        run = submit_pipeline(cfg, endpoint, run_name=run_name, token=os.environ.get(token_env) or None,
+                              package=package)
+    except SubmitError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    console.print(f"submitted run {run.run_id} (experiment {run.experiment})")
+    console.print(f"run URL: [bold]{run.url}[/]")
+
+
 def _number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return f"{int(value):,}"
