@@ -40,6 +40,7 @@ from genrec.model.artefact import TrainedModel
 from genrec.train.data import evaluation_requests
 from genrec.train.rspo import finetune
 
+HEADLINE = ("recall@10", "ndcg@10", "value@10")
 KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "value@5", "value@10", "coverage@10")
 # The acceptance target of issue 6, relative to VSL.
 TARGET_VALUE_GAIN = 0.05
@@ -60,15 +61,17 @@ def _cached_model(prepared: Prepared, config: GenrecConfig, allow_train: bool) -
     return train_cached(prepared, config, f"[{prepared.name} vsl] ")
 
 
-def _tuned(model: TrainedModel, config: GenrecConfig, prepared: Prepared) -> tuple[TrainedModel, dict[str, Any]]:
-    result = finetune(config, prepared.splits, model, log=lambda line: print(f"[{prepared.name} "
-                                                                             f"{config.rspo.loss}] {line}",
-                                                                             flush=True))
-    return TrainedModel(result.policy, model.item_ids, model.manifest), {**result.stats, "curve": result.curve}
+def _tuned(model: TrainedModel, config: GenrecConfig, prepared: Prepared
+           ) -> tuple[TrainedModel, dict[str, Any]]:
+    prefix = f"[{prepared.name} {config.rspo.loss}] "
+    result = finetune(config, prepared.splits, model, log=lambda line: print(prefix + line, flush=True))
+    tuned = TrainedModel(result.policy, model.item_ids, model.manifest)
+    return tuned, {**result.stats, "curve": result.curve}
 
 
 def _valid_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig) -> dict[str, float]:
-    requests = evaluation_requests(prepared.splits, model.item_ids, model.decoder.config.recent_items, "valid")
+    recent = model.decoder.config.recent_items
+    requests = evaluation_requests(prepared.splits, model.item_ids, recent, "valid")
     return evaluate(model.decoder, requests, model.tables, config.train.beam_widths, config.train.top_k,
                     config.train.eval_batch_size)
 
@@ -96,9 +99,10 @@ def compare(name: str, overrides: list[str], allow_train: bool) -> None:
         "protocol": "leave-one-out; test target of all users; history train+valid; full catalogue; "
                     "RSPO/DPO trained on train rows only",
         "test": {label: {k: figs[k] for k in KEYS} for label, figs in tested.items()},
-        "relative_to_vsl": {label: {k: _relative(figs[k], vsl[k]) for k in ("recall@10", "ndcg@10", "value@10")}
+        "relative_to_vsl": {label: {k: _relative(figs[k], vsl[k]) for k in HEADLINE}
                             for label, figs in tested.items() if label != "VSL"},
-        "target": {"value@10_gain_at_least": TARGET_VALUE_GAIN, "ndcg@10_loss_at_most": TARGET_NDCG_LOSS},
+        "target": {"value@10_gain_at_least": TARGET_VALUE_GAIN,
+                   "ndcg@10_loss_at_most": TARGET_NDCG_LOSS},
         "target_met": {label: _relative(figs["value@10"], vsl["value@10"]) >= TARGET_VALUE_GAIN
                        and _relative(figs["ndcg@10"], vsl["ndcg@10"]) >= -TARGET_NDCG_LOSS
                        for label, figs in tested.items() if label != "VSL"},
@@ -117,7 +121,7 @@ def compare(name: str, overrides: list[str], allow_train: bool) -> None:
     def plot() -> plt.Figure:
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))
         colours = ["#999", "#36c", "#c63"]
-        for ax, metric in zip(axes, ("recall@10", "ndcg@10", "value@10")):
+        for ax, metric in zip(axes, HEADLINE):
             labels = list(tested)
             ax.bar(labels, [tested[label][metric] for label in labels], color=colours)
             ax.set_title(f"{DATASETS[name]} test {metric}")
@@ -136,6 +140,7 @@ def sweep(name: str, overrides: list[str], variants: list[str], allow_train: boo
     vsl_model = _cached_model(prepared, config, allow_train)
     rows: list[dict[str, Any]] = [{"variant": "VSL", **{k: v for k, v in _valid_figures(
         vsl_model, prepared, config).items() if k in KEYS}}]
+    print(rows[-1], flush=True)
     for variant in variants:
         run = config.with_overrides([v for v in variant.split(",") if v])
         tuned, stats = _tuned(vsl_model, run, prepared)
@@ -158,7 +163,8 @@ def sweep(name: str, overrides: list[str], variants: list[str], allow_train: boo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["movielens", "beauty"], choices=sorted(DATASETS))
     parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
     parser.add_argument("--sweep", nargs="+", default=[], metavar="OVERRIDES",

@@ -223,6 +223,10 @@ class RspoConfig:
     # A positive the beam missed joins its list teacher-forced (ranked just past the end), so every
     # example has a positive; off, such lists carry no preference and only the KL term.
     include_target: bool = True
+    # Offline positives: the next `positive_window` training items of the user (1: the next item
+    # only), each rewarded with its value, so a list can hold positives of different value and the
+    # softmax prefers the more valuable one. Never past the training rows.
+    positive_window: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -586,7 +590,7 @@ class GenrecConfig:
             if getattr(rspo, name) not in allowed:
                 raise ConfigError(f"rspo.{name} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(rspo, name)!r}")
-        for name in ("candidates", "epochs", "batch_size", "version_digits", "log_every"):
+        for name in ("candidates", "epochs", "batch_size", "version_digits", "log_every", "positive_window"):
             if getattr(rspo, name) < 1:
                 raise ConfigError(f"rspo.{name} must be at least 1")
         if not rspo.beam_widths or min(rspo.beam_widths) < 1:

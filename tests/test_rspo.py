@@ -201,7 +201,7 @@ def test_rspo_never_sees_valid_or_test_targets(served: Path, monkeypatch: pytest
         return lists
 
     monkeypatch.setattr(rspo_module, "candidate_lists", spy)
-    config = rspo_config(max_examples_per_user=0, epochs=2)
+    config = rspo_config(max_examples_per_user=0, epochs=2, positive_window=3)
     result = finetune(config, splits, load_model(served), served, log=lambda _: None)
     assert result.stats["steps"] > 0 and seen_rewarded and seen_context
     assert not held_rows & set(seen_rewarded)
@@ -282,3 +282,14 @@ def test_candidate_scores_equal_the_full_teacher_forced_pass(served: Path) -> No
                                            context.pad[b:b + 1].expand(3, -1)), decoder.item_codes[items[b]])
             .sum(-1) for b in range(2)]
     torch.testing.assert_close(fast, torch.stack(rows), rtol=1e-5, atol=1e-5)
+
+
+def test_positive_window_takes_the_next_training_items_of_the_same_user() -> None:
+    splits = leave_one_out(make_log(users=3, items=30, per_user=6))
+    examples = rspo_module.training_examples(splits, tiny_codebook(items=40).item_ids, recent_items=4)
+    requests = rspo_module.Requests.from_examples(examples, window=3)
+    for user in ("u0", "u1", "u2"):
+        rows = np.flatnonzero(examples.users == user)  # 3 examples: train items 2, 3, 4 of the user
+        assert requests.items[rows[0]].tolist() == examples.targets[rows].tolist()
+        assert requests.items[rows[-1]].tolist() == [examples.targets[rows[-1]], -1, -1]
+        assert requests.rewards[rows[1]].tolist() == [*examples.values[rows[1:]].tolist(), 0.0]

@@ -2,8 +2,8 @@
 
 For a request (a user's recent items), the current policy pi beam-searches its top-n semantic IDs
 (trie-constrained, so every candidate is a real item). Each candidate y_j gets a reward r_j: the
-value of the item if it is a positive of the request (offline: the next training item; continual:
-an impressed item with a reward in the feedback log), else 0. With s(y) = log pi(y) - log pi_ref(y)
+value of the item if it is a positive of the request (offline: the next training item, or the next
+`rspo.positive_window` ones; continual: an impressed item with a reward in the feedback log), else 0. With s(y) = log pi(y) - log pi_ref(y)
 and pi_ref the frozen VSL model, each positive y_i adds
 
     w_i * -log( e^{beta s_i} / (e^{beta s_i} + sum_{j: r_j < r_i} e^{beta s_j}) )
@@ -177,10 +177,22 @@ class Requests:
                         self.times[index])
 
     @classmethod
-    def from_examples(cls, examples: ExampleSet) -> Requests:
-        """Offline: the next item is the one positive, rewarded with its value."""
-        return cls(examples.recent, examples.lengths, examples.targets[:, None].astype(np.int64),
-                   examples.values[:, None].astype(np.float64), examples.cutoffs)
+    def from_examples(cls, examples: ExampleSet, window: int = 1) -> Requests:
+        """Offline: the next `window` items of the user are the positives, each rewarded with its
+        value. Examples are time-ordered runs per user (training_examples keeps each user's latest
+        positions), so example k + j holds the item j steps after example k's target; a window
+        never reaches past the user's last training item."""
+        count = len(examples)
+        items = np.full((count, window), PAD_ITEM, dtype=np.int64)
+        rewards = np.zeros((count, window), dtype=np.float64)
+        for ahead in range(window):
+            later = np.arange(count) + ahead
+            inside = later < count
+            same = np.zeros(count, dtype=bool)
+            same[inside] = examples.users[later[inside]] == examples.users[inside]
+            items[same, ahead] = examples.targets[later[same]]
+            rewards[same, ahead] = examples.values[later[same]]
+        return cls(examples.recent, examples.lengths, items, rewards, examples.cutoffs)
 
 
 def transform_rewards(rewards: np.ndarray, transform: str) -> np.ndarray:
@@ -235,7 +247,7 @@ def sequence_log_probs(decoder: SidDecoder, recent: Tensor, items: Tensor) -> Te
     """log p(ID of items[b, c] | context b), [B, C], differentiable. The decoding path: the context
     goes through the layers once per request and every candidate is a beam teacher-forced through
     the per-beam layers (for LazyAR only the top M), which is N/M times cheaper per candidate than
-    the full pass of `code_log_probs` and equal to it (tests/test_model_decoder.py holds them)."""
+    the full pass of `code_log_probs` and equal to it (tests/test_rspo.py holds them)."""
     batch, width = items.shape
     codes = decoder.item_codes[items.clamp(min=0)]  # [B, C, L]
     state = decoder.start(decoder.embed_context(recent))
@@ -286,8 +298,8 @@ class RspoTrainer:
         longest = max(1, int(requests.lengths.max()))
         recent = torch.as_tensor(requests.recent[:, :longest], device=self.device)
         extras = torch.as_tensor(requests.items, dtype=torch.long, device=self.device)
-        gains = transform_rewards(requests.rewards, self.config.reward_transform) / self.scale
-        gains = torch.as_tensor(gains, dtype=torch.float32, device=self.device)
+        scaled = transform_rewards(requests.rewards, self.config.reward_transform) / self.scale
+        gains = torch.as_tensor(scaled, dtype=torch.float32, device=self.device)
         lists = candidate_lists(self.policy, recent, self.tables, extras, gains, self.config)
         with torch.no_grad():
             log_ref = sequence_log_probs(self.reference, recent, lists.items)
@@ -360,7 +372,7 @@ def finetune(config: GenrecConfig, splits: pd.DataFrame, model: TrainedModel,
     examples = training_examples(splits, model.item_ids, recent_items, rspo.max_examples_per_user)
     if not len(examples):
         raise ValueError("no training examples: every user needs two or more training interactions")
-    requests = Requests.from_examples(examples)
+    requests = Requests.from_examples(examples, rspo.positive_window)
     valid = evaluation_requests(splits, model.item_ids, recent_items, "valid")
     if rspo.valid_users and len(valid) > rspo.valid_users:
         pick = np.random.default_rng(rspo.seed).choice(len(valid), rspo.valid_users, replace=False)
@@ -561,7 +573,8 @@ class UpdateResult:
 
 
 def continual_update(config: GenrecConfig, model_dir: str | Path, feedback: pd.DataFrame,
-                     history: pd.DataFrame, models_dir: str | Path | None = None, log: Callable[[str], None] = print,
+                     history: pd.DataFrame, models_dir: str | Path | None = None,
+                     log: Callable[[str], None] = print,
                      on_step: Callable[[int, int], None] | None = None) -> UpdateResult:
     """One continual update: the model at `model_dir` (read only) + a feedback log -> a new version
     folder in `models_dir` (default: beside `model_dir`)."""
