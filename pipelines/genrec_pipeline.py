@@ -20,6 +20,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 from components.data import ingest_and_validate, split_interactions
 from components.deploy import deploy_model, gate_model
 from components.features import materialize_summaries, train_summarizer
+from components.rspo import finetune_rspo
 from components.sid import build_codebook
 from components.train import evaluate, train_generator
 from genrec.config import GenrecConfig
@@ -61,8 +62,10 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         codebook_report: HTML
         feature_repo: Artifact
         summarizer_report: HTML
+        vsl_model: Model
         model: Model
         training_report: HTML
+        rspo_report: HTML
         evaluation_report: HTML
         ingest_metrics: Metrics
         split_metrics: Metrics
@@ -70,10 +73,12 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         summarizer_metrics: Metrics
         materialize_metrics: Metrics
         train_metrics: Metrics
+        rspo_metrics: Metrics
         evaluate_metrics: Metrics
         gate_metrics: Metrics
 
-    @dsl.pipeline(name=config.pipeline.name, description="genrec: data -> codebook -> model -> serving")
+    @dsl.pipeline(name=config.pipeline.name,
+                  description="genrec: data, codebook, summaries, VSL, RSPO, evaluate, gate, deploy")
     def genrec_pipeline(config: dict = defaults) -> Outputs:
         ingest = on_image(ingest_and_validate(config=config)).set_display_name("ingest + validate")
         split = on_image(
@@ -109,11 +114,14 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
                 feature_repo=features.outputs["feature_repo"],
             )
         ).set_display_name("train generator (VSL)")
+        rspo = on_image(
+            finetune_rspo(config=config, splits=split.outputs["splits"], vsl_model=training.outputs["model"])
+        ).set_display_name("RSPO fine-tune")
         evaluation = on_image(
             evaluate(
                 config=config,
                 splits=split.outputs["splits"],
-                model=training.outputs["model"],
+                model=rspo.outputs["model"],
                 feature_repo=features.outputs["feature_repo"],
             )
         ).set_display_name("evaluate")
@@ -126,7 +134,7 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
             on_image(
                 deploy_model(
                     config=config,
-                    model=training.outputs["model"],
+                    model=rspo.outputs["model"],
                     evaluation=evaluation.outputs["metrics"],
                     feature_repo=features.outputs["feature_repo"],
                 )
@@ -144,10 +152,13 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
             codebook_metrics=codebook.outputs["metrics"],
             summarizer_metrics=summarizer.outputs["metrics"],
             materialize_metrics=features.outputs["metrics"],
-            model=training.outputs["model"],
+            vsl_model=training.outputs["model"],
+            model=rspo.outputs["model"],
             training_report=training.outputs["report"],
+            rspo_report=rspo.outputs["report"],
             evaluation_report=evaluation.outputs["report"],
             train_metrics=training.outputs["metrics"],
+            rspo_metrics=rspo.outputs["metrics"],
             evaluate_metrics=evaluation.outputs["metrics"],
             gate_metrics=gate.outputs["gate_metrics"],
         )
@@ -279,6 +290,8 @@ HEADLINE_METRICS = {
     "summarizer": ["summary_recall@10", "popularity_recall@10", "train_seconds"],
     "materialize": ["users", "rows", "materialize_users_per_second"],
     "train": ["train_seconds", "valid_subset_recall@10", "valid_subset_ndcg@10"],
+    "rspo": ["steps", "train_seconds", "valid_subset_before_value@10", "valid_subset_after_value@10",
+             "valid_subset_before_ndcg@10", "valid_subset_after_ndcg@10"],
     "gate": ["promote", "candidate_test_recall@10", "deployed_test_recall@10", "candidate_test_value@10",
              "deployed_test_value@10"],
     "evaluate": ["test_recall@5", "test_recall@10", "test_ndcg@5", "test_ndcg@10", "test_value@10",
