@@ -36,6 +36,13 @@ class LocalServer:
 
 
 def _alive(pid: int) -> bool:
+    # A server this process started is reaped here: an exited child stays a zombie (and answers
+    # signal 0) until its parent waits for it.
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
