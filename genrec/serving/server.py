@@ -67,17 +67,18 @@ def serve(model: GenerativeRecommender, host: str, http_port: int, grpc_port: in
     """Loads the model and serves it until SIGTERM/SIGINT (blocking)."""
     import kserve.model_server as kserve_server
 
-    if not access_log:
-        # KServe logs a trace line per request and per handler, uvicorn an access line: at a few
-        # hundred requests a second on two cores that logging costs more than the decoding.
-        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
-        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
     model.load()
     install(kserve_server.app, model)
     server = LocalModelServer(host=host, http_port=http_port, grpc_port=grpc_port or 0,
                               enable_grpc=grpc_port is not None, workers=1,
                               enable_latency_logging=False)
+    if not access_log:
+        # KServe logs a trace line per request and per handler, uvicorn an access line: at a few
+        # hundred requests a second on two cores that logging costs more than the decoding. (Set
+        # after the ModelServer exists: its constructor installs KServe's logging configuration.)
+        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     log.info("serving %s on http://%s:%d", model.name, host, http_port)
     server.start([model])
 

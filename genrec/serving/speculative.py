@@ -253,9 +253,10 @@ def dare_beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, 
     stats = DareStats(passes=[0] * batch)
     passes: list[list[Tensor]] = []
     codes = pool.codes
+    numpy_children = [c.cpu().numpy() for c in tables.children]
     while True:
         for request in requests:
-            _advance(request, passes, tables, widths, top_k, levels, accept_top_k, accept_min_prob, strict)
+            _advance(request, passes, tables, numpy_children, widths, top_k, levels, strict)
         blocked = [r for r in requests if r.done is None]
         if not blocked:
             break
@@ -280,31 +281,38 @@ def dare_beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, 
         batch_codes = torch.as_tensor(sequences, dtype=torch.long, device=device)
         log_probs = verify_pass(decoder, state, rows, batch_codes)
         passes.append(log_probs)
-        top = [lp.topk(min(accept_top_k, lp.shape[-1]), dim=-1).indices.cpu() if accept_top_k > 0 else None
-               for lp in log_probs]
-        probs = [lp.exp().cpu() for lp in log_probs]
+        # Relaxed acceptance of every draft token at once: in the top-k there and probability >= p,
+        # and every earlier draft token of the same draft accepted too.
+        ok = torch.zeros(len(sequences), levels, dtype=torch.bool)
+        if accept_top_k > 0:
+            for level, lp in enumerate(log_probs):
+                token = batch_codes[:, level:level + 1]
+                top = lp.topk(min(accept_top_k, lp.shape[-1]), dim=-1).indices
+                likely = lp.gather(1, token).squeeze(1).exp() >= accept_min_prob
+                ok[:, level] = ((top == token).any(-1) & likely).cpu()
+        first = torch.as_tensor([max(start, 0) for start in starts])
+        drafted = torch.arange(levels)[None, :] >= first[:, None]
+        ok = (ok | ~drafted).cumprod(dim=1).bool() & drafted
+        accepted_rows = ok.tolist()
         for index, (request, sequence, start) in enumerate(zip(owners, sequences, starts)):
             if start < 0:  # a bare prefix: only its own next-level distribution is real
                 request.known.setdefault(tuple(sequence[:-start - 1]), (number, index))
                 continue
-            accepting = True
+            flags = accepted_rows[index]
+            stats.draft_tokens += levels - start
             for position in range(start, levels):
                 request.known.setdefault(tuple(sequence[:position]), (number, index))
-                token = sequence[position]
-                stats.draft_tokens += 1
-                if accepting and top[position] is not None and token in top[position][index].tolist() \
-                        and float(probs[position][index, token]) >= accept_min_prob:
+                if flags[position]:
                     stats.accepted_tokens += 1
                     request.accepted.add(tuple(sequence[:position + 1]))
-                else:
-                    accepting = False
     items = torch.stack([r.done.items[0] for r in requests])  # type: ignore[union-attr]
     scores = torch.stack([r.done.scores[0] for r in requests])  # type: ignore[union-attr]
     return BeamResult(items, scores), stats
 
 
-def _advance(request: _Request, passes: list[list[Tensor]], tables: TrieTables, widths: list[int], top_k: int,
-             levels: int, accept_top_k: int, accept_min_prob: float, strict: bool) -> None:
+def _advance(request: _Request, passes: list[list[Tensor]], tables: TrieTables,
+             numpy_children: list[np.ndarray], widths: list[int], top_k: int, levels: int,
+             strict: bool) -> None:
     """Moves one request down the levels as far as the known distributions allow."""
     while request.done is None:
         if any(prefix not in request.known for prefix, _ in request.beams):
@@ -312,7 +320,7 @@ def _advance(request: _Request, passes: list[list[Tensor]], tables: TrieTables, 
         level = request.level
         prefixes = [p for p, _ in request.beams]
         dists = torch.stack([passes[n][level][i] for n, i in (request.known[p] for p in prefixes)])  # [W, K]
-        nodes = torch.as_tensor([_node(tables, p) for p in prefixes], dtype=torch.long)
+        nodes = torch.as_tensor([_node(numpy_children, p) for p in prefixes], dtype=torch.long)
         children = tables.children[level][nodes]  # [W, K]
         beam_scores = torch.as_tensor([s for _, s in request.beams], dtype=dists.dtype)
         candidates = (beam_scores[:, None] + dists).masked_fill(children < 0, float("-inf")).view(-1)
@@ -362,10 +370,10 @@ def _relaxed(request: _Request, chosen: list[tuple[tuple[int, ...], float]], can
     return sorted(kept, key=lambda c: -c[1])
 
 
-def _node(tables: TrieTables, prefix: tuple[int, ...]) -> int:
+def _node(children: list[np.ndarray], prefix: tuple[int, ...]) -> int:
     node = 0
     for level, code in enumerate(prefix):
-        node = int(tables.children[level][node, code])
+        node = int(children[level][node, code])
     return node
 
 
