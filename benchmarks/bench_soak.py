@@ -1,0 +1,124 @@
+"""Soak: a real `genrec serve` (Beauty LazyAR, default rung) under open-loop load at 70% of the
+capacity bench_serving measured, for 10 minutes. Records errors, latency and the server's resident
+memory per window; writes benchmarks/results/soak.json (+ .png). Not part of CI.
+
+    nice python -m benchmarks.bench_soak [--minutes 10] [--fraction 0.7] [--qps Q]
+
+RSS growth is measured from the end of the warm-up (imports, first batches, allocator pools) to the
+end of the run. Target: zero errors, RSS growth under 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from benchmarks.bench_serving import BODIES, beauty_model, request_bodies
+from benchmarks.harness import RESULTS, save_result
+from benchmarks.loadgen import run_load
+from genrec.config import GenrecConfig
+from tests.serving_support import start_server
+
+WINDOW_SECONDS = 30.0
+WARMUP_SECONDS = 60.0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def measured_capacity() -> float:
+    path = RESULTS / "serving_load.json"
+    if not path.is_file():
+        raise SystemExit("run benchmarks.bench_serving first (or pass --qps)")
+    figures = json.loads(path.read_text())["figures"]
+    return float(figures["rungs"][str(figures["default_rung"])]["capacity_qps"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--fraction", type=float, default=0.7)
+    parser.add_argument("--qps", type=float, default=None, help="offered load (default: fraction x capacity)")
+    args = parser.parse_args()
+    capacity = None if args.qps else measured_capacity()
+    qps = args.qps or args.fraction * capacity
+    serving = GenrecConfig().serving
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    windows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model, prepared, model_dir = beauty_model(Path(tmp))
+        bodies = request_bodies(model, prepared, BODIES, k=10)
+        server = start_server(model_dir, log_path=Path(tmp) / "server.log")
+        pid = server.process.pid
+        try:
+            warm = run_load(server.predict_url, bodies, qps=qps, duration_s=WARMUP_SECONDS)
+            baseline = rss_mb(pid)
+            started = time.monotonic()
+            while time.monotonic() - started < args.minutes * 60:
+                result = run_load(server.predict_url, bodies, qps=qps, duration_s=WINDOW_SECONDS)
+                windows.append({"minute": (time.monotonic() - started) / 60, "rss_mb": rss_mb(pid),
+                                "load_average": [round(x, 2) for x in os.getloadavg()], **result.to_json()})
+                print(f"{windows[-1]['minute']:.1f} min: {result.achieved_qps:.0f}/s "
+                      f"p99 {result.p99_ms:.0f} ms errors {result.errors} rss {windows[-1]['rss_mb']:.0f} MB",
+                      flush=True)
+            exit_code = server.stop()
+        finally:
+            server.stop()
+    sent = sum(w["sent"] for w in windows)
+    errors = sum(w["errors"] for w in windows)
+    final = windows[-1]["rss_mb"]
+    figures = {
+        "model": "amazon-beauty LazyAR (bench_quality cache)",
+        "rung": serving.default_rung,
+        "capacity_qps": capacity,
+        "offered_qps": qps,
+        "minutes": args.minutes,
+        "requests": sent,
+        "errors": errors,
+        "warmup": {"seconds": WARMUP_SECONDS, "errors": warm.errors, "p99_ms": warm.p99_ms},
+        "rss_mb_after_warmup": baseline,
+        "rss_mb_end": final,
+        "rss_growth": (final - baseline) / baseline,
+        "p99_ms_worst_window": max(w["p99_ms"] for w in windows),
+        "p50_ms_median_window": sorted(w["p50_ms"] for w in windows)[len(windows) // 2],
+        "achieved_qps_mean": sum(w["achieved_qps"] for w in windows) / len(windows),
+        "server_exit_code": exit_code,
+        "targets": {"zero_errors": errors == 0, "rss_growth<10%": (final - baseline) / baseline < 0.10},
+        "windows": windows,
+        "load_average_start_end": [load_start, [round(x, 2) for x in os.getloadavg()]],
+    }
+
+    def plot() -> plt.Figure:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+        minutes = [w["minute"] for w in windows]
+        left.plot(minutes, [w["rss_mb"] for w in windows], marker="o")
+        left.axhline(baseline, ls="--", color="grey", label="after warm-up")
+        left.axhline(baseline * 1.1, ls=":", color="red", label="+10%")
+        left.set_xlabel("minutes")
+        left.set_ylabel("server RSS (MB)")
+        left.legend(fontsize=7)
+        right.plot(minutes, [w["p99_ms"] for w in windows], marker="o", label="p99")
+        right.plot(minutes, [w["p50_ms"] for w in windows], marker="o", label="p50")
+        right.set_xlabel("minutes")
+        right.set_ylabel("latency per 30 s window (ms)")
+        right.legend(fontsize=7)
+        fig.suptitle(f"soak: {qps:.0f} req/s offered for {args.minutes:.0f} min, {errors} errors")
+        return fig
+
+    save_result("soak", figures, plot)
+
+
+if __name__ == "__main__":
+    main()
