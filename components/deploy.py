@@ -40,15 +40,17 @@ def gate_model(config: dict, evaluation: Input[Metrics], gate_metrics: Output[Me
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def deploy_model(config: dict, model: Input[Model], evaluation: Input[Metrics], deployment: Output[Artifact],
-                 feature_repo: Input[Artifact] = None):
-    """Locally: registers the model as a new version in the registry and (optionally) restarts the
-    local ModelServer on it. In a cluster: points the InferenceService at the model's URI."""
+def deploy_model(config: dict, model: Input[Model], evaluation: Input[Metrics], bundle: Output[Model],
+                 deployment: Output[Artifact], feature_repo: Input[Artifact] = None):
+    """Writes the serving bundle (model + the run's feature repo, one URI). Locally: registers it as
+    a new version in the registry and (optionally) restarts the local ModelServer on it. In a
+    cluster: points the InferenceService at the bundle's URI."""
     import hashlib
     import json
     from pathlib import Path
 
     from genrec.config import GenrecConfig
+    from genrec.deploy.bundle import write_serving_bundle
     from genrec.deploy.kserve import deploy_inference_service, storage_uri
     from genrec.deploy.local_server import start_local_server
     from genrec.deploy.registry import LocalRegistry
@@ -56,20 +58,20 @@ def deploy_model(config: dict, model: Input[Model], evaluation: Input[Metrics], 
 
     cfg = GenrecConfig.from_dict(config)
     figures = json.loads(Path(evaluation.path).read_text())
+    write_serving_bundle(bundle.path, model.path, feature_repo.path if feature_repo is not None else None)
     if cfg.deploy.target == "local":
         registry = LocalRegistry(cfg.deploy.registry_dir)
-        record = registry.register(model.path, figures, source_uri=model.uri)
+        record = registry.register(bundle.path, figures, source_uri=model.uri)
         result = {"target": "local", "version": record.version, "path": record.path}
         if cfg.deploy.start_local_server:
-            server = start_local_server(registry, record, cfg,
-                                        feature_repo.path if feature_repo is not None else None)
+            server = start_local_server(registry, record, cfg)
             result.update(url=server.url, pid=server.pid, log=server.log)
             print(f"ModelServer {record.version} ready at {server.url}", flush=True)
         print(f"registered {record.version} at {record.path}", flush=True)
     elif cfg.deploy.target == "kserve":
         # The artefact URI is unique per run and task: its hash names the version in annotations.
-        version = "m-" + hashlib.sha256(model.uri.encode()).hexdigest()[:12]
-        uri = storage_uri(model.uri, version, cfg.deploy.storage_uri_prefix)
+        version = "m-" + hashlib.sha256(bundle.uri.encode()).hexdigest()[:12]
+        uri = storage_uri(bundle.uri, version, cfg.deploy.storage_uri_prefix)
         deploy_inference_service(cfg.deploy.inference_service, cfg.deploy.namespace, uri, version, figures,
                                  cfg.deploy.canary_traffic_percent)
         name = f"{cfg.deploy.namespace}/{cfg.deploy.inference_service}"

@@ -317,6 +317,12 @@ class FeatureStoreConfig:
     redis_connection_string: str = "localhost:6379"
     # Redis keys expire after this many seconds; 0 keeps them.
     redis_key_ttl_seconds: int = 0
+    # In a cluster, steps that write the online store get the connection string (with its password)
+    # from this Secret key as the environment variable below; redis_connection_string then reads
+    # "${GENREC_REDIS_CONNECTION_STRING}", which Feast expands when it loads feature_store.yaml.
+    redis_secret: str = "genrec-feast-redis"
+    redis_secret_key: str = "connection_string"
+    redis_env: str = "GENREC_REDIS_CONNECTION_STRING"
     # The feature_repo template folder; empty means the checkout's feature_repo/, else the image's.
     template_dir: str = ""
     # Rows per online-store write, to bound memory while materialising.

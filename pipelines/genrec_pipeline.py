@@ -29,7 +29,7 @@ from genrec.config import GenrecConfig
 def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
     """Returns the pipeline function. `image` (a cluster run) replaces every component's image."""
     defaults = config.to_dict()
-    cluster = config.pipeline
+    cluster, store = config.pipeline, config.features
 
     def on_image(task: dsl.PipelineTask) -> dsl.PipelineTask:
         """The cluster image, and where the step runs: resources for every step, plus an accelerator,
@@ -106,6 +106,9 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
                 item_sids=codebook.outputs["sid_table"],
             )
         ).set_display_name("materialise summaries into Feast")
+        if store.online_store == "redis" and store.redis_secret:
+            kubernetes.use_secret_as_env(features, secret_name=store.redis_secret,
+                                         secret_key_to_env={store.redis_secret_key: store.redis_env})
         training = on_image(
             train_generator(
                 config=config,

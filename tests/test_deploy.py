@@ -186,20 +186,22 @@ def test_submit_errors_name_the_problem(tmp_path: Path) -> None:
 def test_local_deploy_starts_then_restarts_the_model_server_on_the_new_version(tmp_path: Path) -> None:
     import httpx
 
+    from genrec.deploy.bundle import write_serving_bundle
     from genrec.deploy.local_server import start_local_server, stop_local_server
     from tests.serving_support import cached_tiny_model, free_port, tiny_request
 
     model_dir = cached_tiny_model()
+    bundle = write_serving_bundle(tmp_path / "bundle", model_dir)
     cfg = GenrecConfig()
     cfg.serving.http_port, cfg.serving.grpc_port = free_port(), free_port()
     cfg.deploy.server_ready_timeout_seconds = 90
     registry = LocalRegistry(tmp_path / "registry")
-    first = start_local_server(registry, registry.register(model_dir, figures(0.1, 0.1)), cfg)
+    first = start_local_server(registry, registry.register(bundle, figures(0.1, 0.1)), cfg)
     try:
         assert first.url == f"http://127.0.0.1:{cfg.serving.http_port}" and first.version == "v0001"
         reply = httpx.post(f"{first.url}/v1/models/genrec:predict", json=tiny_request(model_dir), timeout=30)
         assert reply.status_code == 200, reply.text
-        second = start_local_server(registry, registry.register(model_dir, figures(0.1, 0.1)), cfg)
+        second = start_local_server(registry, registry.register(bundle, figures(0.1, 0.1)), cfg)
         assert second.version == "v0002" and second.pid != first.pid
         with pytest.raises(ProcessLookupError):
             import os

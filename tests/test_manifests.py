@@ -369,7 +369,12 @@ def test_predictor_probes_ports_and_model_location(overlay: str) -> None:
     spec, container = predictor(docs)
     annotations = one(docs, "InferenceService")["metadata"]["annotations"]
     assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
-    assert container["args"][:3] == ["serve", "--model-dir", "/mnt/models"]
+    from genrec.deploy.bundle import FEATURE_REPO_DIR, MODEL_DIR
+
+    # KServe's storage initializer puts the deploy step's serving bundle at /mnt/models.
+    assert container["args"][:5] == ["serve", "--model-dir", f"/mnt/models/{MODEL_DIR}", "--feature-repo",
+                                     f"/mnt/models/{FEATURE_REPO_DIR}"]
+    assert container["args"][container["args"].index("--host") + 1] == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http1": cfg.serving.http_port, "grpc": cfg.serving.grpc_port}
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": cfg.serving.http_port}

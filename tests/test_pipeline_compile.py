@@ -85,3 +85,15 @@ def test_bad_placement_config_names_the_field() -> None:
         GenrecConfig().with_overrides(["pipeline.gpu_tolerations=[{key: a, operator: Maybe}]"])
     with pytest.raises(ValueError, match="pipeline.gpu_node_selector must be a mapping"):
         GenrecConfig().with_overrides(["pipeline.gpu_node_selector=[a]"])
+
+
+def test_a_redis_online_store_gets_its_connection_string_from_the_secret(tmp_path: Path) -> None:
+    cfg = GenrecConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "cluster.yaml")
+    assert cfg.features.online_store == "redis" and cfg.deploy.target == "kserve"
+    _, platform = compiled(cfg, tmp_path)
+    [secret] = platform["exec-materialize-summaries"]["secretAsEnv"]
+    assert secret["secretName"] == "genrec-feast-redis" and secret["optional"] is False
+    assert secret["keyToEnv"] == [{"secretKey": "connection_string", "envVar": "GENREC_REDIS_CONNECTION_STRING"}]
+    # sqlite (the local default) needs no secret.
+    _, platform = compiled(GenrecConfig(), tmp_path)
+    assert "secretAsEnv" not in platform.get("exec-materialize-summaries", {})

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import yaml
 
 from genrec.config import GenrecConfig
+from genrec.deploy.bundle import bundle_parts
 from genrec.deploy.registry import DeployedModel, LocalRegistry
 from genrec.io import write_json, write_text
 
@@ -76,18 +77,19 @@ def _ready(url: str, model_name: str) -> bool:
         return False
 
 
-def start_local_server(registry: LocalRegistry, model: DeployedModel, config: GenrecConfig,
-                       feature_repo: str | None = None) -> LocalServer:
-    """Stops the server of the previous deployment, if any, and starts one on `model`."""
+def start_local_server(registry: LocalRegistry, model: DeployedModel, config: GenrecConfig) -> LocalServer:
+    """Stops the server of the previous deployment, if any, and starts one on `model` (a registered
+    serving bundle: the model and, when the run had one, its feature repo)."""
+    model_dir, feature_repo = bundle_parts(model.path)
     stop_local_server(registry)
     config_file = registry.root / "server-config.yaml"
     write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), config_file)
     log = registry.root / f"server-{model.version}.log"
-    command = [sys.executable, "-m", "genrec", "serve", "--model-dir", model.path,
+    command = [sys.executable, "-m", "genrec", "serve", "--model-dir", str(model_dir),
                "--config", str(config_file), "--host", config.deploy.local_server_host,
                "--http-port", str(config.serving.http_port)]
-    if feature_repo:
-        command += ["--feature-repo", feature_repo]
+    if feature_repo is not None:
+        command += ["--feature-repo", str(feature_repo)]
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)

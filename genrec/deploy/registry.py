@@ -1,7 +1,8 @@
 """The local model registry: versioned, never-overwritten copies of promoted models.
 
 Layout of `deploy.registry_dir`:
-    models/v0001/ ...     one folder per promoted model, written once (atomically) and never changed
+    models/v0001/ ...     one serving bundle per promoted model (genrec.deploy.bundle), written once
+                          (atomically) and never changed
     deployed.json         the version in force: {version, path, source_uri, metrics, deployed_at}
     history.jsonl         every promotion, appended
 A server keeps reading its version's folder while a newer one is registered beside it.
@@ -61,7 +62,7 @@ class LocalRegistry:
 
     def register(self, model_dir: str | Path, metrics: dict[str, float],
                  source_uri: str = "") -> DeployedModel:
-        """Copies `model_dir` to the next version and makes it the deployed one."""
+        """Copies `model_dir` (a serving bundle) to the next version and makes it the deployed one."""
         source = Path(model_dir)
         if not source.is_dir():
             raise FileNotFoundError(f"model folder {source} does not exist")
