@@ -22,14 +22,15 @@ def serve(
     grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve the v2 gRPC protocol."),
     history: Path = typer.Option(None, "--history",
                                  help="Interactions file (parquet/csv) to build the DARE pool from."),
-    # One decode thread by default: the event loop needs the other core, and a second torch thread
-    # that waits on a busy core spins (batch-1 decode went from 4 ms to 160 ms on a loaded 2-core box).
-    threads: int = typer.Option(1, "--threads", help="Torch threads for decoding (0: torch's default)."),
+    threads: int = typer.Option(None, "--threads",
+                                help="Torch threads for decoding (default: OMP_NUM_THREADS if set, else 1)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda[:N]."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log",
                                     help="Log a line per request (KServe trace and uvicorn access logs)."),
 ) -> None:
     """Serve a trained model with KServe: v1/v2 predict, /admin/beam-policy, /metrics."""
     import logging
+    import os
 
     import torch
 
@@ -40,13 +41,19 @@ def serve(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    if threads is None and not os.environ.get("OMP_NUM_THREADS"):
+        # One decode thread unless told: the event loop needs a core too, and a torch thread that
+        # waits on a busy core spins (batch-1 decode went from 4 ms to 160 ms on a loaded 2-core box).
+        threads = 1
     if threads:
         torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     from genrec.serving.model import GenerativeRecommender, ModelSourceError
     from genrec.serving.server import serve as run_server
 
     logging.getLogger("genrec.serving").setLevel(logging.INFO)
-    model = GenerativeRecommender(cfg.serving.model_name, model_dir, cfg, feature_repo, history)
+    model = GenerativeRecommender(cfg.serving.model_name, model_dir, cfg, feature_repo, history, device)
     try:
         run_server(model, host, http_port or cfg.serving.http_port,
                    (grpc_port or cfg.serving.grpc_port) if grpc else None, access_log)

@@ -319,9 +319,10 @@ def _advance(request: _Request, passes: list[list[Tensor]], tables: TrieTables,
             return
         level = request.level
         prefixes = [p for p, _ in request.beams]
-        dists = torch.stack([passes[n][level][i] for n, i in (request.known[p] for p in prefixes)])  # [W, K]
-        nodes = torch.as_tensor([_node(numpy_children, p) for p in prefixes], dtype=torch.long)
-        children = tables.children[level][nodes]  # [W, K]
+        # Bookkeeping runs on the CPU whatever the decoder's device (W x K values per level).
+        dists = torch.stack([passes[n][level][i] for n, i in (request.known[p] for p in prefixes)]).cpu()
+        nodes = np.asarray([_node(numpy_children, p) for p in prefixes], dtype=np.int64)
+        children = torch.as_tensor(numpy_children[level][nodes])  # [W, K]
         beam_scores = torch.as_tensor([s for _, s in request.beams], dtype=dists.dtype)
         candidates = (beam_scores[:, None] + dists).masked_fill(children < 0, float("-inf")).view(-1)
         size = dists.shape[-1]
