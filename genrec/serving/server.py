@@ -15,6 +15,7 @@ developer machine).
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from genrec.serving._kserve import import_kserve
@@ -25,6 +26,8 @@ kserve = import_kserve()
 from kserve.model_server import ModelServer  # noqa: E402
 
 log = logging.getLogger("genrec.serving")
+
+GIL_SWITCH_SECONDS = 0.0005
 
 
 def install(app: Any, model: GenerativeRecommender) -> None:
@@ -70,6 +73,18 @@ def serve(model: GenerativeRecommender, host: str, http_port: int, grpc_port: in
 
     model.load()
     install(kserve_server.app, model)
+    # The decode thread runs beam search's Python between torch ops while holding the GIL; with
+    # CPython's default 5 ms switch interval the event loop could wait that long to parse or answer
+    # a request. A shorter interval keeps HTTP latency low while a batch decodes.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    if not access_log:
+        from kserve.protocol.rest.server import RESTServer
+
+        # KServe's REST server wraps every request in timing_asgi's TimingMiddleware, which calls
+        # getrusage twice per request and formats a trace line: 1-1.5 ms of event-loop time per
+        # request on a loaded 2-core machine, for logs that are off. genrec's own middleware keeps
+        # the latency histograms. (serve() owns its process, so patching the class is contained.)
+        RESTServer._add_middlewares = lambda self, app: None
     server = LocalModelServer(host=host, http_port=http_port, grpc_port=grpc_port or 0,
                               enable_grpc=grpc_port is not None, workers=1,
                               enable_latency_logging=False)
