@@ -19,6 +19,7 @@ import hashlib
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from benchmarks.bench_quality import (
@@ -30,17 +31,18 @@ from benchmarks.bench_quality import (
     load_average,
     prepare,
     run_config,
-    test_figures,
     train_cached,
 )
 from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
-from genrec.evaluate import evaluate
+from genrec.evaluate import evaluate, hit_ranks, ranking_metrics, recommend
 from genrec.model.artefact import TrainedModel
 from genrec.train.data import evaluation_requests
 from genrec.train.rspo import finetune
 
 HEADLINE = ("recall@10", "ndcg@10", "value@10")
+CUTOFF = 10
+BOOTSTRAP_DRAWS = 1000
 KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "value@5", "value@10", "coverage@10")
 # The acceptance target of issue 6, relative to VSL.
 TARGET_VALUE_GAIN = 0.05
@@ -76,29 +78,66 @@ def _valid_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig
                     config.train.eval_batch_size)
 
 
+def _test(model: TrainedModel, prepared: Prepared, config: GenrecConfig
+          ) -> tuple[dict[str, float], np.ndarray]:
+    """genrec.evaluate's test figures (all users, full catalogue) and each user's value@10 term
+    (value if the target is in the top 10, else 0), for the paired bootstrap."""
+    recent = model.decoder.config.recent_items
+    requests = evaluation_requests(prepared.splits, model.item_ids, recent, "test")
+    items, _ = recommend(model.decoder, requests, model.tables, config.train.beam_widths,
+                         config.train.top_k, config.train.eval_batch_size)
+    figures = ranking_metrics(items, requests.targets, requests.values, model.decoder.item_codes.shape[0])
+    ranks = hit_ranks(items, requests.targets)
+    return figures, np.where((ranks >= 0) & (ranks < CUTOFF), requests.values, 0.0)
+
+
+def _bootstrap(new: np.ndarray, old: np.ndarray, seed: int) -> list[float]:
+    """95% interval of the relative value@10 change, resampling users (paired: same users)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(old), size=(BOOTSTRAP_DRAWS, len(old)))
+    changes = new[draws].sum(1) / np.maximum(old[draws].sum(1), 1e-12) - 1.0
+    return [float(np.quantile(changes, 0.025)), float(np.quantile(changes, 0.975))]
+
+
 def _relative(new: float, old: float) -> float:
     return new / old - 1.0 if old else float("nan")
 
 
-def compare(name: str, overrides: list[str], allow_train: bool) -> None:
+def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]) -> None:
+    """VSL, VSL+RSPO and VSL+DPO on test; RSPO and DPO once per seed, their figures averaged."""
     config = run_config(name, overrides)
     started_load = load_average()
     prepared = prepare(name, config)
     vsl_model = _cached_model(prepared, config, allow_train)
-    vsl = test_figures(vsl_model, prepared, config)
+    vsl, vsl_users = _test(vsl_model, prepared, config)
+    user_values: dict[str, list[np.ndarray]] = {"VSL+RSPO": [], "VSL+DPO": []}
     runs: dict[str, dict[str, Any]] = {}
     tested: dict[str, dict[str, float]] = {"VSL": vsl}
-    for loss in ("rspo", "dpo"):
-        run = config.with_overrides([f"rspo.loss={loss}"])
-        tuned, stats = _tuned(vsl_model, run, prepared)
-        label = {"rspo": "VSL+RSPO", "dpo": "VSL+DPO"}[loss]
-        tested[label] = test_figures(tuned, prepared, run)
-        runs[label] = stats
+    seeds = seeds or [config.rspo.seed]
+    per_seed: dict[str, list[dict[str, float]]] = {"VSL+RSPO": [], "VSL+DPO": []}
+    for seed in seeds:
+        for loss, label in (("rspo", "VSL+RSPO"), ("dpo", "VSL+DPO")):
+            run = config.with_overrides([f"rspo.loss={loss}", f"rspo.seed={seed}"])
+            tuned, stats = _tuned(vsl_model, run, prepared)
+            figs, users = _test(tuned, prepared, run)
+            user_values[label].append(users)
+            per_seed[label].append({"seed": seed, **{k: figs[k] for k in KEYS}})
+            runs[f"{label} seed {seed}"] = stats
+            print(f"[{name}] {label} seed {seed}: " + " ".join(f"{k} {figs[k]:.4f}" for k in HEADLINE),
+                  flush=True)
+    for label, rows in per_seed.items():
+        tested[label] = {k: float(np.mean([row[k] for row in rows])) for k in KEYS}
     figures: dict[str, Any] = {
         "dataset": DATASETS[name],
         "protocol": "leave-one-out; test target of all users; history train+valid; full catalogue; "
                     "RSPO/DPO trained on train rows only",
         "test": {label: {k: figs[k] for k in KEYS} for label, figs in tested.items()},
+        "test_per_seed": per_seed,
+        # Users are few and values heavy-tailed: this is how far value@10 moves by chance.
+        "value@10_change_bootstrap_95": {
+            label: _bootstrap(np.mean(values, axis=0), vsl_users, config.rspo.seed)
+            for label, values in user_values.items()},
+        "rspo_seeds": seeds,
         "relative_to_vsl": {label: {k: _relative(figs[k], vsl[k]) for k in HEADLINE}
                             for label, figs in tested.items() if label != "VSL"},
         "target": {"value@10_gain_at_least": TARGET_VALUE_GAIN,
@@ -108,7 +147,7 @@ def compare(name: str, overrides: list[str], allow_train: bool) -> None:
                        for label, figs in tested.items() if label != "VSL"},
         "runs": {label: {k: v for k, v in stats.items() if k != "config"} for label, stats in runs.items()},
         "rspo_config": dataclasses.asdict(config.rspo),
-        "seeds": {"rspo": config.rspo.seed, "vsl_train": config.train.seed, "sid": config.sid.seed,
+        "seeds": {"rspo": seeds, "vsl_train": config.train.seed, "sid": config.sid.seed,
                   "bids": config.bids.seed},
         "vsl_model": {"train_minutes": vsl_model.manifest["training"]["train_seconds"] / 60,
                       "finished": vsl_model.manifest["training"]["finished"]},
@@ -126,7 +165,7 @@ def compare(name: str, overrides: list[str], allow_train: bool) -> None:
             ax.bar(labels, [tested[label][metric] for label in labels], color=colours)
             ax.set_title(f"{DATASETS[name]} test {metric}")
             ax.tick_params(axis="x", labelsize=8)
-        fig.suptitle(f"RSPO beta {config.rspo.beta}, KL {config.rspo.kl_weight}, seed {config.rspo.seed}")
+        fig.suptitle(f"RSPO/DPO beta {config.rspo.beta}, KL {config.rspo.kl_weight}, mean of seeds {seeds}")
         fig.tight_layout()
         return fig
 
@@ -169,6 +208,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
     parser.add_argument("--sweep", nargs="+", default=[], metavar="OVERRIDES",
                         help="RSPO variants, each 'rspo.beta=2,rspo.kl_weight=0.05': validation only")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[],
+                        help="RSPO/DPO seeds (example order); figures are their mean (default: rspo.seed)")
     parser.add_argument("--allow-train", action="store_true", help="train a missing VSL model into the cache")
     args = parser.parse_args()
     for name in args.datasets:
@@ -178,7 +219,7 @@ def main() -> None:
         if args.sweep:
             sweep(name, args.set, args.sweep, args.allow_train)
         else:
-            compare(name, args.set, args.allow_train)
+            compare(name, args.set, args.allow_train, args.seeds)
 
 
 if __name__ == "__main__":

@@ -194,14 +194,16 @@ def test_rspo_never_sees_valid_or_test_targets(served: Path, monkeypatch: pytest
     seen_rewarded, seen_context = [], []
     original = rspo_module.candidate_lists
 
-    def spy(policy, recent, tables, extras, gains, config):
-        lists = original(policy, recent, tables, extras, gains, config)
+    def spy(policy, recent, tables, extras, gains, config, include_extras):
+        assert include_extras
+        lists = original(policy, recent, tables, extras, gains, config, include_extras)
         seen_rewarded.extend(lists.items[lists.gains > 0].tolist())
         seen_context.extend(recent[recent >= 0].tolist())
         return lists
 
     monkeypatch.setattr(rspo_module, "candidate_lists", spy)
-    config = rspo_config(max_examples_per_user=0, epochs=2, positive_window=3)
+    # Teacher forcing on: every positive enters a list, so every reward is checked.
+    config = rspo_config(max_examples_per_user=0, positive_window=3, include_target=True)
     result = finetune(config, splits, load_model(served), served, log=lambda _: None)
     assert result.stats["steps"] > 0 and seen_rewarded and seen_context
     assert not held_rows & set(seen_rewarded)

@@ -3,8 +3,8 @@
 For a request (a user's recent items), the current policy pi beam-searches its top-n semantic IDs
 (trie-constrained, so every candidate is a real item). Each candidate y_j gets a reward r_j: the
 value of the item if it is a positive of the request (offline: the next training item, or the next
-`rspo.positive_window` ones; continual: an impressed item with a reward in the feedback log), else 0. With s(y) = log pi(y) - log pi_ref(y)
-and pi_ref the frozen VSL model, each positive y_i adds
+`rspo.positive_window` ones; continual: an impressed item with a reward in the feedback log), else
+0. With s(y) = log pi(y) - log pi_ref(y) and pi_ref the frozen VSL model, each positive y_i adds
 
     w_i * -log( e^{beta s_i} / (e^{beta s_i} + sum_{j: r_j < r_i} e^{beta s_j}) )
 
@@ -16,9 +16,12 @@ y_i's own DCG term is counted; the shift of the items it overtakes is left out (
 -log sigmoid(beta (s_i - s_j)), with the same weights and drift guard.
 
 Choices (ours, measured in benchmarks/bench_rspo.py):
-- A positive the beam missed joins its list teacher-forced, ranked just past the end (discount 0,
-  so its weight is its whole gain). Without that, the requests the policy gets wrong - the ones
-  worth learning from - would carry no preference at all.
+- Offline, a positive the beam missed does NOT join its list by default (`rspo.include_target`):
+  those lists carry only the KL term, and RSPO stays on-policy, reordering what the policy already
+  proposes. Teacher-forcing the missed target (ranked just past the end, weight = its whole gain)
+  cost 4-13% of validation Value@10 on MovieLens-100k at every setting tried (sweeps in
+  benchmarks/results/rspo_sweep_movielens.json and the commit log), so it is an option, off.
+  Feedback impressions always join their list: the served policy did propose them.
 - Drift guard: KL(pi || pi_ref) over each candidate list, both renormalised on the list, weighted
   by `rspo.kl_weight`. It is cheap (both log-probabilities are computed anyway) and acts exactly
   where the loss moves probability mass.
@@ -220,8 +223,8 @@ class CandidateLists:
 
 
 def candidate_lists(policy: SidDecoder, recent: Tensor, tables: TrieTables, extras: Tensor, gains: Tensor,
-                    config: RspoConfig) -> CandidateLists:
-    """The policy's beam list plus the rewarded items it missed (include_target) as extra slots.
+                    config: RspoConfig, include_extras: bool = True) -> CandidateLists:
+    """The policy's beam list plus, with include_extras, the known items it missed as extra slots.
     A rewarded item found by the beam gives its gain to that slot; its extra slot is masked."""
     with torch.inference_mode():
         found = beam_search(policy, policy.embed_context(recent), tables, config.beam_widths,
@@ -233,7 +236,7 @@ def candidate_lists(policy: SidDecoder, recent: Tensor, tables: TrieTables, extr
         torch.zeros_like(beam, dtype=gains.dtype)
     earlier = torch.ones(extras.shape[1], extras.shape[1], dtype=torch.bool, device=extras.device).tril(-1)
     repeated = ((extras[:, :, None] == extras[:, None, :]) & earlier[None]).any(-1)
-    extra_valid = (extras >= 0) & ~match.any(1) & ~repeated & config.include_target
+    extra_valid = (extras >= 0) & ~match.any(1) & ~repeated & include_extras
     return CandidateLists(
         items=torch.cat([beam, extras.masked_fill(~extra_valid, PAD_ITEM)], dim=1),
         gains=torch.cat([beam_gains, torch.where(extra_valid, gains, 0.0)], dim=1),
@@ -278,8 +281,10 @@ class RspoTrainer:
     """Policy + frozen reference + AdamW; one `step` per batch of requests."""
 
     def __init__(self, policy: SidDecoder, reference: SidDecoder, config: RspoConfig, scale: float,
-                 state: dict[str, Any] | None = None, device: torch.device | str = "cpu") -> None:
+                 state: dict[str, Any] | None = None, device: torch.device | str = "cpu",
+                 include_extras: bool = True) -> None:
         self.config = config
+        self.include_extras = include_extras
         self.scale = scale
         self.device = torch.device(device)
         self.policy = policy.to(self.device).eval()
@@ -300,7 +305,8 @@ class RspoTrainer:
         extras = torch.as_tensor(requests.items, dtype=torch.long, device=self.device)
         scaled = transform_rewards(requests.rewards, self.config.reward_transform) / self.scale
         gains = torch.as_tensor(scaled, dtype=torch.float32, device=self.device)
-        lists = candidate_lists(self.policy, recent, self.tables, extras, gains, self.config)
+        lists = candidate_lists(self.policy, recent, self.tables, extras, gains, self.config,
+                                self.include_extras)
         with torch.no_grad():
             log_ref = sequence_log_probs(self.reference, recent, lists.items)
         log_pi = sequence_log_probs(self.policy, recent, lists.items)
@@ -380,7 +386,7 @@ def finetune(config: GenrecConfig, splits: pd.DataFrame, model: TrainedModel,
     saved = _load_state(model_dir)
     scale = float(saved["gain_scale"]) if saved else gain_scale(examples.values, rspo.reward_transform)
     trainer = RspoTrainer(copy.deepcopy(model.decoder), reference_decoder(model, model_dir), rspo, scale,
-                          saved, model.decoder.item_codes.device)
+                          saved, model.decoder.item_codes.device, include_extras=rspo.include_target)
     before = _validate(trainer.policy, valid, config, trainer.tables)
     per_epoch = -(-len(requests) // rspo.batch_size)
     total = rspo.epochs * per_epoch
