@@ -79,14 +79,20 @@ SETTLE_SECONDS = 30.0  # the constant-load segment's first part, before the no-o
 # - SLO 0.2 s: the cluster's 0.1 s puts the step-up threshold (0.6 x SLO = 60 ms) below the widest
 #   rung's light-load p99 on this shared CPU (62 ms measured, with spikes past 0.25 s while other
 #   jobs run), so the controller could never use the widest rung.
+# - The predictor's local in-flight guard is set out of reach: it would step the "fixed" set-ups
+#   down under overload (and never back up), and this experiment compares beam policies, not the
+#   guard. The client caps in-flight requests at --max-connections (256).
 # - Controller timing for a ramp measured in tens of seconds (the cluster default is 5 s / 30 s):
 #   Prometheus scrapes every second, the rate window holds 5 scrapes, the cool-down lets the
-#   window see only the new rung before the next change.
+#   window see only the new rung before the next change; learned capacities last 2 minutes (the
+#   ramp's scale) instead of 10.
 EXPERIMENT = [
     "serving.beam_ladder=[[4],[16],[64],[128]]", "serving.default_rung=3", "serving.max_beam_width=128",
+    "serving.inflight_guard=100000",
     "controller.slo_p99_seconds=0.2", "controller.interval_seconds=1.0", "controller.window=5s",
     "controller.cooldown_seconds=5.0", "controller.up_after=5", "controller.hold_seconds=10.0",
     "controller.push_timeout_seconds=1.0", "controller.push_retries=3", "controller.push_backoff_seconds=0.2",
+    "controller.capacity_memory_seconds=120",
 ]
 
 
@@ -320,6 +326,8 @@ def main() -> None:
     parser.add_argument("--capacity-concurrency", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=5.0, help="client timeout per request")
     parser.add_argument("--max-connections", type=int, default=256)
+    parser.add_argument("--drain-seconds", type=float, default=300.0,
+                        help="longest wait for the predictor to finish abandoned requests between set-ups")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="controller_ramp")
     args = parser.parse_args()
@@ -369,14 +377,19 @@ def main() -> None:
         with_constant = ramp + [Segment(args.constant_seconds, args.constant_fraction, args.constant_fraction,
                                         "constant")]
         results = {}
+        drain_seconds: dict[str, float] = {}
         for name, pinned, profile in (("fixed_widest", top, ramp), ("fixed_narrowest", 0, ramp),
                                       ("controller", None, with_constant)):
             seconds = sum(s.seconds for s in profile)
+            # The predictor keeps working on requests whose client gave up (timed out): after an
+            # overload it can be busy for minutes. Each set-up starts on an idle server.
+            drained = _drain(server.url, args.drain_seconds)
             set_rung(server.url, pinned if pinned is not None else top)
             if pinned is None:
                 controller_proc = _start_controller(work, cfg, prometheus.url, server.url)
             # Let the previous run's requests leave the rate window before this one starts.
-            time.sleep(8.0)
+            time.sleep(2 * _seconds(cfg.controller.window))
+            drain_seconds[name] = drained
             print(f"{name}: {seconds:.0f}s ramp", flush=True)
             record = asyncio.run(_ramp(server.predict_url, f"{server.url}/admin/beam-policy", payloads,
                                        lambda t, p=profile: max(0.5, capacity * fraction_at(p, t)[0]),
@@ -431,12 +444,32 @@ def main() -> None:
             "controller_at_most_one_change_per_minute_at_constant_load":
                 changes_after_settle / minutes <= 1.0,
         },
+        "seconds_waiting_for_an_idle_server_before_each_setup": drain_seconds,
         "load_average_start": load_start,
         "load_average_end": bq.load_average(),
         "wall_minutes": (time.time() - started_at) / 60,
     }
     save_result(args.name, figures, plot=lambda: _plot(results, capacity, slo, recall))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    number = duration.rstrip("smh")
+    return float(number) * units[duration[len(number):]]
+
+
+def _drain(url: str, limit: float) -> float:
+    """Waits until the predictor has no request in flight (its own gauge); returns the wait."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        values = [float(line.split()[-1]) for line in text.splitlines()
+                  if line.startswith("genrec_inflight_requests ")]
+        if values and values[0] <= 0:
+            break
+        time.sleep(1.0)
+    return time.monotonic() - started
 
 
 def _model_dir(config: GenrecConfig, prepared: Any) -> Path:

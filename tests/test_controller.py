@@ -461,7 +461,7 @@ def test_pushes_retry_with_backoff_without_blocking_other_replicas() -> None:
         return (503, {"detail": "starting"}) if n < 3 else good(n, rung)
 
     def slow(n: int, rung: int) -> tuple[int, dict]:
-        time.sleep(1.0)  # past push_timeout_seconds on every attempt
+        time.sleep(3.0)  # past push_timeout_seconds on every attempt
         return good(n, rung)
 
     def wrong(n: int, rung: int) -> tuple[int, dict]:
@@ -471,13 +471,14 @@ def test_pushes_retry_with_backoff_without_blocking_other_replicas() -> None:
                [("good", good), ("flaky", flaky), ("slow", slow), ("wrong", wrong)]}
     urls = {name: f"http://127.0.0.1:{s.server_port}" for name, s in servers.items()}
     errors = []
-    c = ControllerConfig(push_timeout_seconds=0.2, push_retries=3, push_backoff_seconds=0.05)
+    c = ControllerConfig(push_timeout_seconds=0.5, push_retries=3, push_backoff_seconds=0.05)
 
     async def scenario() -> tuple[bool, ReplicaPusher]:
         http = httpx.AsyncClient()
         pusher = ReplicaPusher(http, "secret", c, on_error=lambda: errors.append(1))
         pusher.reconcile(list(urls.values()), 1)
-        for _ in range(100):  # the healthy replica is acknowledged long before the others finish
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:  # the healthy replica is acknowledged long before the others
             await asyncio.sleep(0.01)
             if urls["good"] in pusher.acked:
                 break
@@ -543,3 +544,80 @@ def test_controller_requires_a_replica_source() -> None:
 
 def test_static_replicas_strip_trailing_slashes() -> None:
     assert asyncio.run(StaticReplicas(["http://a:1/", "http://b:2"]).discover()) == ["http://a:1", "http://b:2"]
+
+
+def test_cli_fails_cleanly_without_token_or_replicas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from genrec.cli import app
+
+    runner = CliRunner()
+    monkeypatch.delenv("GENREC_ADMIN_TOKEN", raising=False)
+    result = runner.invoke(app, ["controller", "--set", "controller.replicas=[http://127.0.0.1:9]"])
+    assert result.exit_code == 1 and "GENREC_ADMIN_TOKEN" in result.output
+    monkeypatch.setenv("GENREC_ADMIN_TOKEN", "t")
+    result = runner.invoke(app, ["controller"])
+    assert result.exit_code == 1 and "controller.replicas" in result.output
+    result = runner.invoke(app, ["controller", "--set", "controller.replicas=[http://127.0.0.1:9]",
+                                 "--set", "controller.window=30 seconds"])
+    assert result.exit_code == 1 and "Prometheus duration" in result.output
+
+
+class _PolicyReplica(BaseHTTPRequestHandler):
+    """GET/PUT /admin/beam-policy of a replica that runs rung `server.rung`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        data = json.dumps({"rung": self.server.rung, "widths": [8], "source": "admin"}).encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        rung = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["rung"]
+        self.server.puts.append(rung)  # type: ignore[attr-defined]
+        self.server.rung = rung  # type: ignore[attr-defined]
+        self._answer()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_without_state_the_controller_adopts_the_replicas_rung(tmp_path: Path) -> None:
+    from tests.prometheus_support import free_port
+
+    servers = []
+    for rung in (1, 3):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _PolicyReplica)
+        server.rung, server.puts = rung, []  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    cfg = GenrecConfig()
+    c = cfg.controller
+    c.replicas = [f"http://127.0.0.1:{s.server_port}" for s in servers]
+    c.prometheus_url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the law holds
+    c.state_file = str(tmp_path / "state.json")
+    assert cfg.serving.default_rung == 2
+
+    async def scenario() -> int:
+        ctl = BeamController(c, cfg.serving, "t", metrics=ControllerMetrics())
+        tick = await ctl.tick()
+        await ctl.pusher.wait()
+        await ctl.aclose()
+        assert tick.decision.action == "hold"
+        return ctl.state.rung
+
+    try:
+        rung = asyncio.run(scenario())
+    finally:
+        for s in servers:
+            s.shutdown()
+    # The narrowest rung any replica runs, not the default: the other replica is brought down to it.
+    assert rung == 1
+    assert servers[0].puts == [1] and servers[1].puts == [1]  # type: ignore[attr-defined]

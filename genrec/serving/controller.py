@@ -387,10 +387,12 @@ class StaticReplicas:
 class KubernetesReplicas:
     """The ready addresses of a Service, read from its Endpoints object with the `kubernetes` client.
 
+    The `kubernetes` client is pinned in requirements.lock (kfp depends on it), so the image has it.
     In a pod the client uses the service account (token and CA under
     /var/run/secrets/kubernetes.io/serviceaccount); outside one, the local kubeconfig. The Role in
     manifests/base/controller.yaml allows `get` on this one Endpoints object only. The raw JSON is
-    parsed (not the client's models), so the same `parse_endpoints` serves every path.
+    parsed (not the client's models), so the same `parse_endpoints` serves every path; it is read
+    once per interval, so replicas that come and go are picked up within one interval.
     """
 
     def __init__(self, service: str, namespace: str, port: int, api_client: Any = None) -> None:
@@ -621,10 +623,32 @@ class BeamController:
             log.info("resuming rung %d from %s", restored.rung, controller.state_file)
             self.state = restored
         else:
-            # Replicas start on serving.default_rung: starting there changes nothing on them.
+            # No state (first start, or the pod moved and its emptyDir with it): until the replicas
+            # say what they run (first interval), assume serving.default_rung, where they start.
             self.state = LawState(rung=serving.default_rung, last_change=None, last_good=now)
+        self._adopt = restored is None
         self.metrics.rung.set(self.state.rung)
         self.metrics.p99.set(math.nan)
+
+    async def _adopt_replicas_rung(self) -> None:
+        """Without a state file, take the rung the replicas already run (the narrowest, if they
+        differ) instead of pushing the default over it: a controller that lost its state must not
+        flap a policy a previous controller set."""
+        async def current(url: str) -> int | None:
+            try:
+                response = await self.http.get(url + ADMIN_PATH, timeout=self.config.push_timeout_seconds)
+                rung = int(response.json()["rung"]) if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                return None
+            return rung if rung is not None and 0 <= rung <= self.params.top_rung else None
+
+        rungs = [r for r in await asyncio.gather(*(current(u) for u in self.urls)) if r is not None]
+        if not rungs:
+            return  # nobody answered: try again next interval
+        self._adopt = False
+        if min(rungs) != self.state.rung:
+            log.info("no state file: adopting rung %d that the replicas run (%s)", min(rungs), sorted(rungs))
+            self.state = dataclasses.replace(self.state, rung=min(rungs))
 
     async def tick(self) -> Tick:
         try:
@@ -634,6 +658,8 @@ class BeamController:
             self.urls = urls
         except Exception as exc:  # noqa: BLE001 - any discovery failure: keep pushing to the last list
             log.warning("replica discovery failed (%s): keeping %d known replicas", exc, len(self.urls))
+        if self._adopt and self.urls:
+            await self._adopt_replicas_rung()
         obs = await observe(self.prometheus, self.queries, max(1, len(self.urls)))
         if obs.error:
             self.metrics.prometheus_errors.inc()
