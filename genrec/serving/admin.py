@@ -129,6 +129,8 @@ class ServingMiddleware:
             if body is None:
                 await _json_response(send, 413, {"error": f"request body is larger than "
                                                           f"{self.max_body} bytes (serving.max_body_bytes)"})
+                if is_inference_path(scope["path"]):
+                    m.REQUESTS.labels(code="client_error").inc()
                 return
             receive = _replay(body)
         if not is_inference_path(scope["path"]):

@@ -19,6 +19,10 @@ v2 body (Open Inference Protocol), one row per request::
       {"name": "k", "datatype": "INT64", "shape": [1], "data": [10]},
       {"name": "beam_policy", "datatype": "INT64", "shape": [1, 2], "data": [16, 8]}]}
 
+Item ids the model does not know are refused (400, naming them) rather than dropped: a history the
+model cannot read would silently degrade the answer. An explicitly empty `recent_items` is refused
+too; leave the field out to ask for summary-only (or popular-item) recommendations.
+
 `recent_items` rows are padded with "" (ignored); `k` and `beam_policy` hold one row for the whole
 request or one per row. The answer has outputs `item_ids` (BYTES [B, K]), `scores` (FP32 [B, K]) and
 `sids` (INT64 [B, K, L]).

@@ -14,6 +14,7 @@ developer machine).
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from typing import Any
@@ -77,6 +78,10 @@ def serve(model: GenerativeRecommender, host: str, http_port: int, grpc_port: in
     # CPython's default 5 ms switch interval the event loop could wait that long to parse or answer
     # a request. A shorter interval keeps HTTP latency low while a batch decodes.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    # Everything loaded so far (torch, KServe, the model) lives for the whole process: moved out of
+    # the collector's generations, a full collection no longer walks it in the middle of requests.
+    gc.collect()
+    gc.freeze()
     if not access_log:
         from kserve.protocol.rest.server import RESTServer
 
