@@ -220,6 +220,9 @@ class RspoConfig:
     kl_weight: float = 0.1
     # Candidate list: the policy's top `candidates` by trie-constrained beam search at these widths.
     candidates: int = 10
+    # The K of the DCG behind the gain weights (0: the list size): with a list longer than K, a
+    # positive ranked past K earns its whole gain by moving up, as it would enter the top K.
+    gain_cutoff: int = 0
     beam_widths: list[int] = field(default_factory=lambda: [20])
     # Offline: a positive the beam missed joins its list teacher-forced (ranked just past the end).
     # Off (default), RSPO stays on-policy and such lists carry only the KL term: teacher forcing
@@ -606,7 +609,7 @@ class GenrecConfig:
             raise ConfigError("rspo.beam_widths needs at least one width, each at least 1")
         if rspo.beta <= 0 or rspo.lr <= 0:
             raise ConfigError("rspo.beta and rspo.lr must be positive")
-        for name in ("kl_weight", "weight_decay", "grad_clip", "max_minutes", "max_steps",
+        for name in ("kl_weight", "weight_decay", "grad_clip", "max_minutes", "max_steps", "gain_cutoff",
                      "max_examples_per_user", "threads", "valid_users"):
             if getattr(rspo, name) < 0:
                 raise ConfigError(f"rspo.{name} must be non-negative")

@@ -97,6 +97,12 @@ def test_rspo_and_dpo_loss_match_a_hand_computed_list() -> None:
     assert float(rspo_objective(log_pi, log_ref, gains, valid, ranks, config).total) == pytest.approx(
         expected_dpo, rel=1e-6)
 
+    # With the gain's DCG cut at K = 2, y2 (rank 2) is outside the top K: its weight is its gain.
+    config.loss, config.gain_cutoff = "rspo", 2
+    assert float(rspo_objective(log_pi, log_ref, gains, valid, ranks, config).total) == pytest.approx(
+        weight_1 * loss_1 + 1.0 * loss_2, rel=1e-6)
+    config.gain_cutoff = 0
+
     # The drift guard: KL of pi to pi_ref, both renormalised over the three valid candidates.
     config.loss, config.kl_weight = "rspo", 0.5
     p = [math.exp(x) for x in log_pi[0, :3].tolist()]

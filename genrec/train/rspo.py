@@ -153,7 +153,7 @@ def rspo_objective(log_pi: Tensor, log_ref: Tensor, gains: Tensor, valid: Tensor
     """The batch loss: gain-weighted preference losses summed per list, averaged over lists, plus
     kl_weight times the mean list KL."""
     s = log_pi - log_ref
-    weights = gain_weights(gains, valid, ranks, config.candidates, config.gain)
+    weights = gain_weights(gains, valid, ranks, config.gain_cutoff or config.candidates, config.gain)
     preference = (weights * preference_losses(s, gains, valid, config.beta, config.loss)).sum(-1).mean()
     kl = list_kl(log_pi, log_ref, valid).mean()
     return LossParts(preference + config.kl_weight * kl, preference.detach(), kl.detach())
