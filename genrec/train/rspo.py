@@ -19,8 +19,8 @@ Choices (ours, measured in benchmarks/bench_rspo.py):
 - Offline, a positive the beam missed does NOT join its list by default (`rspo.include_target`):
   those lists carry only the KL term, and RSPO stays on-policy, reordering what the policy already
   proposes. Teacher-forcing the missed target (ranked just past the end, weight = its whole gain)
-  cost 4-13% of validation Value@10 on MovieLens-100k at every setting tried (sweeps in
-  benchmarks/results/rspo_sweep_movielens.json and the commit log), so it is an option, off.
+  lowered validation Value@10 on MovieLens-100k by 9-13% against VSL in both recorded settings
+  (benchmarks/results/rspo_sweep_movielens_first.json, _second.json), so it is an option, off.
   Feedback impressions always join their list: the served policy did propose them.
 - Drift guard: KL(pi || pi_ref) over each candidate list, both renormalised on the list, weighted
   by `rspo.kl_weight`. It is cheap (both log-probabilities are computed anyway) and acts exactly
