@@ -319,7 +319,7 @@ def main() -> None:
     parser.add_argument("--ramp-seconds", type=float, default=45.0)
     parser.add_argument("--peak-seconds", type=float, default=15.0)
     parser.add_argument("--light-seconds", type=float, default=30.0)
-    parser.add_argument("--constant-seconds", type=float, default=75.0)
+    parser.add_argument("--constant-seconds", type=float, default=100.0)
     parser.add_argument("--constant-fraction", type=float, default=1.5,
                         help="constant-load segment (controller only), share of the widest capacity")
     parser.add_argument("--capacity-seconds", type=float, default=8.0)
@@ -386,6 +386,8 @@ def main() -> None:
             drained = _drain(server.url, args.drain_seconds)
             set_rung(server.url, pinned if pinned is not None else top)
             if pinned is None:
+                # Started (and its imports done) before the settling pause: its start-up must not
+                # share the CPU with the first seconds of the ramp.
                 controller_proc = _start_controller(work, cfg, prometheus.url, server.url)
             # Let the previous run's requests leave the rate window before this one starts.
             time.sleep(2 * _seconds(cfg.controller.window))
@@ -488,16 +490,27 @@ def _start_controller(work: Path, cfg: GenrecConfig, prometheus_url: str, replic
     """`genrec controller` on the experiment's config, a fresh state file, this Prometheus and replica."""
     state = work / "controller-state.json"
     state.unlink(missing_ok=True)
+    port = free_port()
     controller = {**dataclasses.asdict(cfg.controller), "prometheus_url": prometheus_url,
                   "selector": f'job="{JOB}"', "replicas": [replica], "state_file": str(state),
-                  "metrics_port": free_port()}
+                  "metrics_port": port}
     serving = {k: getattr(cfg.serving, k) for k in ("beam_ladder", "default_rung", "max_beam_width")}
     path = work / "controller.yaml"
     path.write_text(yaml.safe_dump({"serving": serving, "controller": controller}))
     log = (work / "controller.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "genrec.cli", "controller", "--config", str(path)],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "GENREC_ADMIN_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen([sys.executable, "-m", "genrec.cli", "controller", "--config", str(path)],
+                               stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "GENREC_ADMIN_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # ready once it serves its metrics (imports done, loop up)
+        if process.poll() is not None:
+            raise RuntimeError(f"genrec controller exited: {(work / 'controller.log').read_text()[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).status_code == 200:
+                return process
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("genrec controller did not serve its metrics within 120 s")
 
 
 def _plot(results: dict[str, Any], capacity: float, slo: float, recall: list[float]) -> Any:

@@ -214,6 +214,23 @@ def test_learned_capacity_lets_the_controller_climb_when_load_really_drops() -> 
     assert capacity_ceiling(s.ceilings, 3) == pytest.approx(100.0)
 
 
+def test_a_break_that_load_does_not_explain_teaches_no_ceiling() -> None:
+    # Calm on the widest rung at 16/s, then a disturbance (not load) breaks three rungs in a row at
+    # the same 16/s: nothing is learned, and the controller climbs back as soon as it is calm.
+    p = params(cooldown_seconds=5.0, up_after=3)
+    s = LawState(rung=3, last_change=None, last_good=0.0)
+    t = 0.0
+    for obs in [ok(0.03, rate=16)] * 5 + [ok(0.5, rate=16)] * 20 + [ok(0.03, rate=16)] * 40:
+        s, _ = decide(s, obs, t, p)
+        t += 1.0
+    assert s.ceilings == {} and s.rung == 3
+    # The same break at a rate well above anything calm so far is load, and is remembered.
+    s2 = LawState(rung=3, last_change=None, last_good=0.0)
+    s2, _ = decide(s2, ok(0.03, rate=16), 0.0, p)
+    s2, d = decide(s2, ok(0.5, rate=60), 1.0, p)
+    assert d.action == "down" and s2.ceilings[3][0] == 60
+
+
 def test_learned_capacity_is_forgotten_after_its_memory() -> None:
     p = params(capacity_memory_seconds=100.0)
     s = LawState(rung=1, last_change=None, last_good=0.0, ceilings={2: (140.0, 0.0)})

@@ -23,7 +23,10 @@ Learned capacity is our addition to plain hysteresis. Two thresholds alone do no
 constant load when the ladder is coarse: if rung r-1 is comfortably under the up threshold and rung r
 is over the down threshold at the same load, the controller climbs, breaks, falls and climbs again
 every `up_after` intervals. Remembering the per-replica rate at which rung r broke (throughput in
-overload is the capacity) lets the controller stay at r-1 until the load has really dropped.
+overload is the capacity) lets the controller stay at r-1 until the load has really dropped. A
+break at a rate that rung (or a wider one) has already carried calmly is not load: it is noise (a
+noisy neighbour on the node, a pause), and no ceiling is learned from it, so one bad interval cannot
+keep a rung out of use for `capacity_memory_seconds`.
 
 No traffic at all is not an error: with zero requests `histogram_quantile` is NaN, but the request
 rate is a clean 0, so the controller reads it as light load and climbs to the widest rung.
@@ -161,6 +164,9 @@ class LawState:
     fallen_back: bool = False
     # rung -> (per-replica request rate at which it broke the step-down threshold, clock time).
     ceilings: Mapping[int, tuple[float, float]] = field(default_factory=dict)
+    # rung -> (highest per-replica request rate it served calmly, clock time): evidence against
+    # learning a ceiling from a break that load does not explain (a noisy neighbour, a GC pause).
+    calm_rates: Mapping[int, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,9 +176,15 @@ class Decision:
     reason: str
 
 
-def _fresh_ceilings(state: LawState, now: float, params: LawParams) -> dict[int, tuple[float, float]]:
-    return {r: (rate, t) for r, (rate, t) in state.ceilings.items()
-            if now - t < params.capacity_memory_seconds}
+def _fresh(table: Mapping[int, tuple[float, float]], now: float, params: LawParams
+           ) -> dict[int, tuple[float, float]]:
+    return {r: (rate, t) for r, (rate, t) in table.items() if now - t < params.capacity_memory_seconds}
+
+
+def calm_floor(calm_rates: Mapping[int, tuple[float, float]], rung: int) -> float:
+    """The highest rate `rung` is known to carry calmly: a wider rung is costlier, so what a wider
+    rung (or this one) carried calmly, this one carries too."""
+    return max((rate for r, (rate, _) in calm_rates.items() if r >= rung), default=0.0)
 
 
 def capacity_ceiling(ceilings: Mapping[int, tuple[float, float]], rung: int) -> float | None:
@@ -184,7 +196,8 @@ def capacity_ceiling(ceilings: Mapping[int, tuple[float, float]], rung: int) -> 
 
 def decide(state: LawState, obs: Observation, now: float, params: LawParams) -> tuple[LawState, Decision]:
     """The control law: the next state and what was decided. Pure: time comes in as `now`."""
-    ceilings = _fresh_ceilings(state, now, params)
+    ceilings = _fresh(state.ceilings, now, params)
+    state = dataclasses.replace(state, calm_rates=_fresh(state.calm_rates, now, params))
     if not obs.usable:
         why = obs.error or "p99 is NaN or absent while requests flow"
         held_for = now - state.last_good
@@ -209,7 +222,10 @@ def decide(state: LawState, obs: Observation, now: float, params: LawParams) -> 
             return state, Decision("hold", 0, f"p99 {p99:.4f}s over threshold, already on the narrowest rung")
         if not cooled:
             return state, Decision("hold", state.rung, f"p99 {p99:.4f}s over threshold, in cool-down")
-        if rate is not None:
+        # Learn a ceiling only if load explains the break: the rate is clearly above what this
+        # rung (or a wider one) carried calmly; else it was noise, and remembering it would keep
+        # the rung out of use for capacity_memory_seconds at a load it handles.
+        if rate is not None and rate * params.capacity_margin > calm_floor(state.calm_rates, state.rung):
             ceilings = {**ceilings, state.rung: (rate, now)}
         new = dataclasses.replace(state, rung=state.rung - 1, last_change=now, ceilings=ceilings)
         return new, Decision("down", new.rung, f"p99 {p99:.4f}s > {params.down_threshold:.4f}s")
@@ -218,6 +234,8 @@ def decide(state: LawState, obs: Observation, now: float, params: LawParams) -> 
         return dataclasses.replace(state, calm=0), Decision("hold", state.rung, f"p99 {p99:.4f}s in the band")
 
     state = dataclasses.replace(state, calm=state.calm + 1)
+    if rate is not None and rate >= state.calm_rates.get(state.rung, (0.0, 0.0))[0]:
+        state = dataclasses.replace(state, calm_rates={**state.calm_rates, state.rung: (rate, now)})
     if rate is not None and state.rung in ceilings and rate > ceilings[state.rung][0]:
         # This rung now carries more than it broke at before: the old figure was pessimistic.
         ceilings = {**ceilings, state.rung: (rate, now)}
@@ -523,6 +541,7 @@ def save_state(path: str | Path, state: LawState, clock_now: float, wall_now: fl
         "last_change": None if state.last_change is None else wall(state.last_change),
         "fallen_back": state.fallen_back,
         "ceilings": {str(r): [rate, wall(t)] for r, (rate, t) in state.ceilings.items()},
+        "calm_rates": {str(r): [rate, wall(t)] for r, (rate, t) in state.calm_rates.items()},
         "written_at": wall_now,
     }, path)
 
@@ -543,11 +562,15 @@ def load_state(path: str | Path, top_rung: int, clock_now: float, wall_now: floa
         def clock(t: float) -> float:
             return clock_now - (wall_now - float(t))
 
-        ceilings = {int(r): (float(rate), clock(t)) for r, (rate, t) in (raw.get("ceilings") or {}).items()
+        def table(key: str) -> dict[int, tuple[float, float]]:
+            return {int(r): (float(rate), clock(t)) for r, (rate, t) in (raw.get(key) or {}).items()
                     if 0 <= int(r) <= top_rung}
+
+        ceilings, calm_rates = table("ceilings"), table("calm_rates")
         last = raw.get("last_change")
         return LawState(rung=rung, last_change=None if last is None else clock(last), last_good=clock_now,
-                        fallen_back=bool(raw.get("fallen_back", False)), ceilings=ceilings)
+                        fallen_back=bool(raw.get("fallen_back", False)), ceilings=ceilings,
+                        calm_rates=calm_rates)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("state file %s is unreadable (%s): ignored", path, exc)
         return None
