@@ -171,7 +171,10 @@ class ServingEngine:
             for i, answer, context in zip(members, answers, contexts):
                 answer.context = context
                 out[i] = answer
-        return [o for o in out if o is not None]
+        missing = [i for i, o in enumerate(out) if o is None]
+        if missing:  # every instance is either popular or in a decoded group; anything else is a bug
+            raise RuntimeError(f"instances {missing} got no recommendation")
+        return out  # type: ignore[return-value]
 
     def _summaries(self, instances: list[Instance]) -> list[np.ndarray | None] | None:
         if not self.wants_summaries or self.fetcher is None:
