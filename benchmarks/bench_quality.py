@@ -117,7 +117,8 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def quality(name: str, overrides: list[str], vsl_compare: bool, train_only: bool = False) -> None:
+def quality(name: str, overrides: list[str], vsl_compare: bool, train_only: bool = False,
+            tag: str = "") -> None:
     config = run_config(name, overrides)
     started_load = load_average()
     prepared = prepare(name, config)
@@ -163,7 +164,7 @@ def quality(name: str, overrides: list[str], vsl_compare: bool, train_only: bool
         ax.legend(fontsize=7)
         return fig
 
-    save_result(f"quality_{name}", figures, plot)
+    save_result(f"quality_{name}" + (f"_{tag}" if tag else ""), figures, plot)
     if vsl_compare:
         vsl(name, overrides, prepared, config, model, test)
 
@@ -205,6 +206,9 @@ def main() -> None:
                         choices=sorted(DATASETS))
     parser.add_argument("--vsl", action="store_true", help="also train VSL off and write vsl_<dataset>.json")
     parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    parser.add_argument("--tag", default="",
+                        help="suffix of the result names (quality_<dataset>_<tag>.json): a recipe variant "
+                             "that must not replace the reference figures")
     parser.add_argument("--train-only", action="store_true",
                         help="train into the cache and stop (e.g. the AR model for bench_lazyar)")
     args = parser.parse_args()
@@ -212,7 +216,7 @@ def main() -> None:
         if name != "movielens" and not SHARED.is_dir():
             print(f"skipping {name}: {SHARED} is absent")
             continue
-        quality(name, args.set, args.vsl, args.train_only)
+        quality(name, args.set, args.vsl, args.train_only, args.tag)
 
 
 if __name__ == "__main__":
