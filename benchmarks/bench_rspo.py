@@ -103,7 +103,7 @@ def _relative(new: float, old: float) -> float:
     return new / old - 1.0 if old else float("nan")
 
 
-def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]) -> None:
+def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int], tag: str = "") -> None:
     """VSL, VSL+RSPO and VSL+DPO on test; RSPO and DPO once per seed, their figures averaged."""
     config = run_config(name, overrides)
     started_load = load_average()
@@ -169,7 +169,7 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
         fig.tight_layout()
         return fig
 
-    save_result(f"rspo_{name}", figures, plot)
+    save_result(f"rspo_{name}" + (f"_{tag}" if tag else ""), figures, plot)
 
 
 def sweep(name: str, overrides: list[str], variants: list[str], allow_train: bool) -> None:
@@ -210,6 +210,8 @@ def main() -> None:
                         help="RSPO variants, each 'rspo.beta=2,rspo.kl_weight=0.05': validation only")
     parser.add_argument("--seeds", nargs="+", type=int, default=[],
                         help="RSPO/DPO seeds (example order); figures are their mean (default: rspo.seed)")
+    parser.add_argument("--tag", default="", help="suffix of the result name (rspo_<dataset>_<tag>.json): "
+                        "a variant that must not replace the reference figures")
     parser.add_argument("--allow-train", action="store_true", help="train a missing VSL model into the cache")
     args = parser.parse_args()
     for name in args.datasets:
@@ -219,7 +221,7 @@ def main() -> None:
         if args.sweep:
             sweep(name, args.set, args.sweep, args.allow_train)
         else:
-            compare(name, args.set, args.allow_train, args.seeds)
+            compare(name, args.set, args.allow_train, args.seeds, args.tag)
 
 
 if __name__ == "__main__":
