@@ -6,7 +6,7 @@ model, a real Prometheus scraping it every second):
 - fixed narrowest beam (rung 0, pinned);
 - the controller (`genrec controller` as a subprocess, reading that Prometheus, pushing rungs).
 
-    python -m benchmarks.bench_controller_ramp            # ~14 min on the 2-core machine
+    python -m benchmarks.bench_controller_ramp            # ~13 min on the 2-core machine
 
 Figures (benchmarks/results/controller_ramp.json + .png over time: offered load, p99, rung, recall
 proxy):
@@ -72,10 +72,13 @@ SETTLE_SECONDS = 30.0  # the constant-load segment's first part, before the no-o
 #   offline Recall@10 (Beauty, 3,000 test users): 4: 0.038, 8: 0.050, 16: 0.053, 32: 0.0533,
 #   64..256: 0.0537
 #
-# - Ladder [4] [16] [64] [128]: the widest rung is the expensive one (decode cost grows past width
-#   64 while a fixed ~4 ms of HTTP/KServe work per request dominates below it), the narrowest has
-#   4.2x its capacity, so 300% of the widest capacity is servable at all. The default ladder
-#   [4]..[32] spans only 1.6x here: no rung could carry 300% of [32]'s capacity.
+# - Ladder [4] [16] [64] [256]: the top rung is the widest beam this deployment allows and by far
+#   the most expensive (decode cost grows past width 64 while a fixed ~4 ms of HTTP/KServe work
+#   per request dominates below it); the narrowest has ~7x its capacity, so 300% of the widest
+#   capacity is servable at all. On this model recall saturates by width 32-64, so the top rung
+#   buys no recall here: the experiment tests the control loop, not the ladder. With [128] on top
+#   (4.2x) the narrowest rung itself missed the SLO at the peak (see the issue note); the default
+#   ladder [4]..[32] spans only 1.6x here.
 # - SLO 0.2 s: the cluster's 0.1 s puts the step-up threshold (0.6 x SLO = 60 ms) below the widest
 #   rung's light-load p99 on this shared CPU (62 ms measured, with spikes past 0.25 s while other
 #   jobs run), so the controller could never use the widest rung.
@@ -87,7 +90,7 @@ SETTLE_SECONDS = 30.0  # the constant-load segment's first part, before the no-o
 #   window see only the new rung before the next change; learned capacities last 2 minutes (the
 #   ramp's scale) instead of 10.
 EXPERIMENT = [
-    "serving.beam_ladder=[[4],[16],[64],[128]]", "serving.default_rung=3", "serving.max_beam_width=128",
+    "serving.beam_ladder=[[4],[16],[64],[256]]", "serving.default_rung=3", "serving.max_beam_width=256",
     "serving.inflight_guard=100000",
     "controller.slo_p99_seconds=0.2", "controller.interval_seconds=1.0", "controller.window=5s",
     "controller.cooldown_seconds=5.0", "controller.up_after=5", "controller.hold_seconds=10.0",
