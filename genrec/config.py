@@ -438,6 +438,10 @@ class ServingConfig:
     # Dynamic batching across concurrent requests.
     max_batch_size: int = 32
     max_batch_wait_ms: float = 2.0
+    # Load shedding: a request still queued after this long gets a 503 (Retry-After) instead of a
+    # decode. Its client has likely given up, and decoding it anyway would keep the server busy with
+    # dead work long after an overload ends. 0 never sheds.
+    max_queue_ms: float = 2000.0
     # The local guard steps one rung down at once when in-flight requests pass this bound.
     inflight_guard: int = 64
     # The admin endpoint (beam policy updates) needs `Authorization: Bearer <token>`; the token is

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,3 +239,35 @@ def test_generated_bad_requests_against_the_real_process(server: ServerHandle) -
         check()
     assert len(codes) == 150
     assert metric(server.metrics(), "genrec_requests_total", 'code="server_error"') == 0
+
+
+def test_requests_queued_past_the_bound_are_shed_with_503() -> None:
+    """Load shedding: under overload a request that waited past serving.max_queue_ms gets a 503 with
+    Retry-After instead of a decode nobody is waiting for; the ones within the bound still decode."""
+    from genrec.serving.batching import DynamicBatcher, Overloaded
+    from genrec.serving.server import overloaded
+
+    def slow_decode(items: list[int]) -> list[int]:
+        time.sleep(0.3)
+        return [i * 10 for i in items]
+
+    async def scenario() -> list[object]:
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(slow_decode, max_batch_size=1, max_batch_wait_ms=0,
+                                                           max_queue_ms=100)
+        try:
+            first = asyncio.ensure_future(batcher.submit_many([1]))
+            await asyncio.sleep(0.01)
+            # Queued behind a 300 ms decode: waits past the 100 ms bound.
+            second = asyncio.ensure_future(batcher.submit_many([2]))
+            results = await asyncio.gather(first, second, return_exceptions=True)
+            third = await batcher.submit_many([3])  # an idle server decodes at once
+            assert batcher.shed == 1
+            return [*results, third]
+        finally:
+            batcher.close()
+
+    first, second, third = asyncio.run(scenario())
+    assert first == [10] and third == [30]
+    assert isinstance(second, Overloaded) and "serving.max_queue_ms=100" in str(second)
+    response = asyncio.run(overloaded(None, second))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"

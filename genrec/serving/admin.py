@@ -152,7 +152,7 @@ class ServingMiddleware:
             m.REQUEST_SECONDS.observe(time.perf_counter() - started)
             code = status["code"]
             m.REQUESTS.labels(code="ok" if code < 400 else "client_error" if code < 500 else
-                              "server_error").inc()
+                              "overloaded" if code == 503 else "server_error").inc()
 
     async def _bounded_body(self, scope: Scope, receive: Receive) -> bytes | None:
         for name, value in scope.get("headers", []):

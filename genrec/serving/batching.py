@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -20,16 +21,22 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class Overloaded(RuntimeError):
+    """A request waited longer than the queue allows (serving.max_queue_ms): answered 503."""
+
+
 class DynamicBatcher(Generic[T, R]):
     def __init__(self, process: Callable[[list[T]], Sequence[R]], max_batch_size: int,
-                 max_batch_wait_ms: float) -> None:
+                 max_batch_wait_ms: float, max_queue_ms: float = 0.0) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.process = process
         self.max_batch_size = max_batch_size
         self.max_wait = max(0.0, max_batch_wait_ms) / 1000.0
+        self.max_queue = max(0.0, max_queue_ms) / 1000.0
+        self.shed = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="genrec-decode")
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R], float]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -42,8 +49,9 @@ class DynamicBatcher(Generic[T, R]):
             self._task = loop.create_task(self._collect())
         assert self._queue is not None
         futures: list[asyncio.Future[R]] = [loop.create_future() for _ in items]
+        queued = time.monotonic()
         for item, future in zip(items, futures):
-            self._queue.put_nowait((item, future))
+            self._queue.put_nowait((item, future, queued))
         return list(await asyncio.gather(*futures))
 
     async def _collect(self) -> None:
@@ -66,7 +74,18 @@ class DynamicBatcher(Generic[T, R]):
                     batch.append(await asyncio.wait_for(queue.get(), remaining))
                 except TimeoutError:
                     break
-            live = [(item, future) for item, future in batch if not future.done()]
+            now = time.monotonic()
+            live = []
+            for item, future, queued in batch:
+                if future.done():
+                    continue
+                if self.max_queue and now - queued > self.max_queue:
+                    self.shed += 1
+                    future.set_exception(Overloaded(
+                        f"the request waited {1000 * (now - queued):.0f} ms in the queue, more than "
+                        f"serving.max_queue_ms={1000 * self.max_queue:.0f}: the server is overloaded, retry"))
+                    continue
+                live.append((item, future))
             if not live:
                 continue
             try:

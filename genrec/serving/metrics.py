@@ -8,7 +8,8 @@ counters, `_seconds` for durations). No label ever carries a user id: labels are
 REQUEST_SECONDS = "genrec_request_duration_seconds"  # histogram, end to end
 FEATURE_FETCH_SECONDS = "genrec_feature_fetch_duration_seconds"  # histogram, Feast online read
 DECODE_SECONDS = "genrec_decode_duration_seconds"  # histogram, beam search (+ DARE)
-REQUESTS = "genrec_requests_total"  # counter, label code: ok | client_error | server_error
+# counter, label code: ok | client_error | overloaded (503, shed after serving.max_queue_ms) | server_error
+REQUESTS = "genrec_requests_total"
 INFLIGHT = "genrec_inflight_requests"  # gauge
 BATCH_SIZE = "genrec_batch_size"  # histogram, requests per decode batch
 BEAM_RUNG = "genrec_beam_rung"  # gauge, current rung index

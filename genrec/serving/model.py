@@ -85,7 +85,7 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
         pool = self._pool(model, folder) if self.serving.dare else None
         self.engine = ServingEngine(model, self.serving, self.state, fetcher, pool, shape)
         self.batcher = DynamicBatcher(self.engine.decode, self.serving.max_batch_size,
-                                      self.serving.max_batch_wait_ms)
+                                      self.serving.max_batch_wait_ms, self.serving.max_queue_ms)
         self.ready = True
         return self.ready
 

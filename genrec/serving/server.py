@@ -21,6 +21,7 @@ from typing import Any
 
 from genrec.serving._kserve import import_kserve
 from genrec.serving.admin import ServingMiddleware, install_admin_routes
+from genrec.serving.batching import Overloaded
 from genrec.serving.model import GenerativeRecommender
 
 kserve = import_kserve()
@@ -39,6 +40,15 @@ def install(app: Any, model: GenerativeRecommender) -> None:
     app.add_middleware(ServingMiddleware, config=model.serving, state=model.state)
     install_admin_routes(app, model.state, model.serving.admin_token_env)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Overloaded, overloaded)
+
+
+async def overloaded(_: Any, exc: Exception) -> Any:
+    """503 with Retry-After for a shed request: the client (or the load balancer) may retry it on
+    a replica with room, and the controller sees the load in the request rate."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
 
 async def validation_error(_: Any, exc: Exception) -> Any:
