@@ -62,7 +62,7 @@ def deploy_model(config: dict, model: Input[Model], evaluation: Input[Metrics], 
     if cfg.deploy.target == "local":
         registry = LocalRegistry(cfg.deploy.registry_dir)
         record = registry.register(bundle.path, figures, source_uri=model.uri)
-        result = {"target": "local", "version": record.version, "path": record.path}
+        result: dict[str, object] = {"target": "local", "version": record.version, "path": record.path}
         if cfg.deploy.start_local_server:
             server = start_local_server(registry, record, cfg)
             result.update(url=server.url, pid=server.pid, log=server.log)

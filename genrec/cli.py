@@ -295,7 +295,8 @@ def pipeline_submit(
     host: str = typer.Option("", "--host", help="Kubeflow Pipelines API URL (default: pipeline.host)."),
     run_name: str | None = typer.Option(None, "--run-name", help="Name shown in the Kubeflow UI."),
     token_env: str = typer.Option("KFP_TOKEN", "--token-env",
-                                  help="Environment variable holding a bearer token, if the endpoint needs one."),
+                                  help="Environment variable holding a bearer token, if the endpoint "
+                                       "needs one."),
     package: Path | None = typer.Option(None, "--package", help="Submit this compiled YAML instead."),
     config_path: Path | None = ConfigOption,
     overrides: list[str] | None = SetOption,
@@ -308,7 +309,8 @@ def pipeline_submit(
     cfg = _config(config_path, overrides)
     endpoint = host or cfg.pipeline.host
     if not endpoint:
-        raise typer.BadParameter("no Kubeflow endpoint: pass --host URL or set pipeline.host", param_hint="--host")
+        raise typer.BadParameter("no Kubeflow endpoint: pass --host URL or set pipeline.host",
+                                 param_hint="--host")
     try:
         run = submit_pipeline(cfg, endpoint, run_name=run_name, token=os.environ.get(token_env) or None,
                               package=package)

@@ -57,7 +57,7 @@ async def validation_error(_: Any, exc: Exception) -> Any:
     to Python's JSON parser, not to its encoder); this one names the fields only."""
     from fastapi.responses import JSONResponse
 
-    errors = getattr(exc, "errors", lambda: [])()
+    errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
     problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
                          for e in errors[:5])
     return JSONResponse({"error": f"the request does not fit the inference protocol: {problems}"},

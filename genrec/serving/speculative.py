@@ -290,9 +290,9 @@ def dare_beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, 
                 top = lp.topk(min(accept_top_k, lp.shape[-1]), dim=-1).indices
                 likely = lp.gather(1, token).squeeze(1).exp() >= accept_min_prob
                 ok[:, level] = ((top == token).any(-1) & likely).cpu()
-        first = torch.as_tensor([max(start, 0) for start in starts])
-        drafted = torch.arange(levels)[None, :] >= first[:, None]
-        ok = (ok | ~drafted).cumprod(dim=1).bool() & drafted
+        first_drafted = torch.as_tensor([max(start, 0) for start in starts])
+        is_draft = torch.arange(levels)[None, :] >= first_drafted[:, None]
+        ok = (ok | ~is_draft).cumprod(dim=1).bool() & is_draft
         accepted_rows = ok.tolist()
         for index, (request, sequence, start) in enumerate(zip(owners, sequences, starts)):
             if start < 0:  # a bare prefix: only its own next-level distribution is real
