@@ -110,16 +110,21 @@ def evaluation_requests(splits: pd.DataFrame, codebook_item_ids: np.ndarray, rec
     return _example_set(frame, rows, recent, lengths, targets)
 
 
+def transform_values(values: np.ndarray, transform: str) -> np.ndarray:
+    """"log1p" or "linear" of the (non-negative) values: the scale VSL weights and RSPO gains use."""
+    values = np.maximum(np.asarray(values, dtype=np.float64), 0.0)
+    if transform == "log1p":
+        return np.log1p(values)
+    if transform == "linear":
+        return values
+    raise ValueError(f"unknown value transform {transform!r}: use log1p or linear")
+
+
 def example_weights(values: np.ndarray, transform: str, reference: np.ndarray | None = None) -> np.ndarray:
     """VSL weights: transform(value) divided by its mean over `reference` (the training examples),
     so the average weight is 1 and the learning rate means the same with VSL on or off."""
     def apply(v: np.ndarray) -> np.ndarray:
-        v = np.maximum(np.asarray(v, dtype=np.float64), 0.0)
-        if transform == "log1p":
-            return np.log1p(v)
-        if transform == "linear":
-            return v
-        raise ValueError(f"unknown value transform {transform!r}: use log1p or linear")
+        return transform_values(v, transform)
 
     mean = apply(values if reference is None else reference).mean()
     if not np.isfinite(mean) or mean <= 0:

@@ -66,7 +66,7 @@ from genrec.io import atomic_path
 from genrec.model.artefact import ModelArtefactError, TrainedModel, load_model, save_model
 from genrec.model.beam import TrieTables, beam_search
 from genrec.model.decoder import PAD_ITEM, SidDecoder
-from genrec.train.data import ExampleSet, evaluation_requests, item_rows, training_examples
+from genrec.train.data import ExampleSet, evaluation_requests, item_rows, training_examples, transform_values
 from genrec.train.loop import ADAM_BETAS
 
 REFERENCE_FILE = "rspo_reference.pt"
@@ -199,12 +199,8 @@ class Requests:
 
 
 def transform_rewards(rewards: np.ndarray, transform: str) -> np.ndarray:
-    rewards = np.maximum(np.asarray(rewards, dtype=np.float64), 0.0)
-    if transform == "log1p":
-        return np.log1p(rewards)
-    if transform == "linear":
-        return rewards
-    raise ValueError(f"unknown reward transform {transform!r}: use log1p or linear")
+    """Rewards on the same scale as VSL's weights (rspo.reward_transform)."""
+    return transform_values(rewards, transform)
 
 
 def gain_scale(values: np.ndarray, transform: str) -> float:
