@@ -4,7 +4,11 @@ model, a real Prometheus scraping it every second):
 
 - fixed widest beam (the top rung, pinned);
 - fixed narrowest beam (rung 0, pinned);
-- the controller (`genrec controller` as a subprocess, reading that Prometheus, pushing rungs).
+- the controller (`genrec controller` as a subprocess, reading that Prometheus, pushing rungs), with
+  the feed-forward on (`controller.rung_capacity_rps` = the capacities measured at the start of this
+  run, as an operator would take them from a load test) and the predictor's local in-flight guard on;
+- with `--ablations`, the same controller without the guard, and the reactive law alone (no
+  capacity table, no guard), to show what each part contributes.
 
     python -m benchmarks.bench_controller_ramp            # ~13 min on the 2-core machine
 
@@ -82,21 +86,34 @@ SETTLE_SECONDS = 30.0  # the constant-load segment's first part, before the no-o
 # - SLO 0.2 s: the cluster's 0.1 s puts the step-up threshold (0.6 x SLO = 60 ms) below the widest
 #   rung's light-load p99 on this shared CPU (62 ms measured, with spikes past 0.25 s while other
 #   jobs run), so the controller could never use the widest rung.
-# - The predictor's local in-flight guard is set out of reach: it would step the "fixed" set-ups
-#   down under overload (and never back up), and this experiment compares beam policies, not the
-#   guard. The client caps in-flight requests at --max-connections (256).
+# - The predictor's local in-flight guard is set out of reach for the fixed set-ups (it would step
+#   them down under overload, and they would not be fixed) and for the ablations without it. With
+#   the controller it is on, at GUARD_SLO_SHARE of the requests the widest rung completes in one
+#   SLO: more in flight than that and the widest rung's queue alone outlasts the SLO. The client
+#   caps in-flight requests at --max-connections (256).
 # - Controller timing for a ramp measured in tens of seconds (the cluster default is 5 s / 30 s):
 #   Prometheus scrapes every second, the rate window holds 5 scrapes, the cool-down lets the
 #   window see only the new rung before the next change; learned capacities last 2 minutes (the
-#   ramp's scale) instead of 10.
+#   ramp's scale) instead of 10. The feed-forward's fast window holds 3 scrapes.
+GUARD_SLO_SHARE = 0.75
+NO_GUARD = "serving.inflight_guard=100000"
 EXPERIMENT = [
     "serving.beam_ladder=[[4],[16],[64],[256]]", "serving.default_rung=3", "serving.max_beam_width=256",
-    "serving.inflight_guard=100000",
+    NO_GUARD,
     "controller.slo_p99_seconds=0.2", "controller.interval_seconds=1.0", "controller.window=5s",
     "controller.cooldown_seconds=5.0", "controller.up_after=5", "controller.hold_seconds=10.0",
     "controller.push_timeout_seconds=1.0", "controller.push_retries=3", "controller.push_backoff_seconds=0.2",
-    "controller.capacity_memory_seconds=120",
+    "controller.capacity_memory_seconds=120", "controller.fast_window=3s",
 ]
+
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    pinned: int | None = None  # a rung held fixed; None: the controller moves it
+    feed_forward: bool = False  # the controller gets the measured capacities
+    guard: bool = False  # the predictor's local in-flight guard is on
 
 
 @dataclass
@@ -332,6 +349,8 @@ def main() -> None:
     parser.add_argument("--drain-seconds", type=float, default=300.0,
                         help="longest wait for the predictor to finish abandoned requests between set-ups")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablations", action="store_true",
+                        help="also run the controller without the guard and the reactive law alone")
     parser.add_argument("--name", default="controller_ramp")
     args = parser.parse_args()
     started_at = time.time()
@@ -360,6 +379,9 @@ def main() -> None:
     serving = [o for o in [*EXPERIMENT, *args.overrides] if o.startswith("serving.")]
     server = start_server(model_dir, overrides=serving, env={"GENREC_ADMIN_TOKEN": TOKEN},
                           log_path=work / "server.log")
+    port = int(server.url.rsplit(":", 1)[1])
+    guard_on = False
+    guard = 0
     prometheus = LocalPrometheus(prometheus_bin, work / "prometheus",
                                  {JOB: [server.url.removeprefix("http://")]}, scrape_interval="1s")
     controller_proc: subprocess.Popen[bytes] | None = None
@@ -374,6 +396,7 @@ def main() -> None:
                                                        args.capacity_concurrency, args.capacity_seconds)))
             print(f"rung {rung}: capacity {capacities[-1]:.1f} requests/s", flush=True)
         capacity = capacities[top]
+        guard = max(1, math.ceil(GUARD_SLO_SHARE * slo * capacity))
         prometheus.wait_for_scrapes(JOB, scrapes=2)
 
         ramp = ramp_profile(args.ramp_seconds, args.peak_seconds, args.light_seconds)
@@ -381,17 +404,35 @@ def main() -> None:
                                         "constant")]
         results = {}
         drain_seconds: dict[str, float] = {}
-        for name, pinned, profile in (("fixed_widest", top, ramp), ("fixed_narrowest", 0, ramp),
-                                      ("controller", None, with_constant)):
+        setups = [Setup("fixed_widest", pinned=top), Setup("fixed_narrowest", pinned=0)]
+        if args.ablations:
+            setups += [Setup("controller_reactive_only"),
+                       Setup("controller_without_guard", feed_forward=True)]
+        setups.append(Setup("controller", feed_forward=True, guard=True))  # last: one server restart
+        for setup in setups:
+            name, pinned = setup.name, setup.pinned
+            profile = with_constant if name == "controller" else ramp
             seconds = sum(s.seconds for s in profile)
             # The predictor keeps working on requests whose client gave up (timed out): after an
             # overload it can be busy for minutes. Each set-up starts on an idle server.
             drained = _drain(server.url, args.drain_seconds)
+            if setup.guard != guard_on:
+                # The guard bound is a start-up setting: same port, so Prometheus keeps scraping it.
+                server.stop()
+                bound = f"serving.inflight_guard={guard}" if setup.guard else NO_GUARD
+                server = start_server(model_dir, env={"GENREC_ADMIN_TOKEN": TOKEN}, port=port,
+                                      overrides=[*serving, bound], log_path=work / f"server-{name}.log")
+                guard_on = setup.guard
+                for rung in range(len(ladder)):  # warm every rung's shapes again
+                    set_rung(server.url, rung)
+                    asyncio.run(_closed_loop(server.predict_url, payloads, args.capacity_concurrency, 2.0))
+                drained += _drain(server.url, args.drain_seconds)
             set_rung(server.url, pinned if pinned is not None else top)
             if pinned is None:
                 # Started (and its imports done) before the settling pause: its start-up must not
                 # share the CPU with the first seconds of the ramp.
-                controller_proc = _start_controller(work, cfg, prometheus.url, server.url)
+                controller_proc = _start_controller(work, cfg, prometheus.url, server.url,
+                                                    capacities if setup.feed_forward else [])
             # Let the previous run's requests leave the rate window before this one starts.
             time.sleep(2 * _seconds(cfg.controller.window))
             drain_seconds[name] = drained
@@ -429,6 +470,8 @@ def main() -> None:
         "controller_config": dataclasses.asdict(cfg.controller),
         "capacity_rps_per_rung": capacities,
         "capacity_ratio_narrowest_to_widest": capacities[0] / capacity,
+        "controller_inflight_guard": guard,
+        "setup_parts": {s.name: dataclasses.asdict(s) for s in setups},
         "offline_recall@10_per_rung": recall,
         "recall_users": args.recall_users,
         "profile": [s.__dict__ for s in ramp],
@@ -488,15 +531,16 @@ def _model_dir(config: GenrecConfig, prepared: Any) -> Path:
     return bq.CACHE / f"model-{prepared.name}-{config.model.decoder}-{key}" / "model"
 
 
-def _start_controller(work: Path, cfg: GenrecConfig, prometheus_url: str, replica: str
-                      ) -> subprocess.Popen[bytes]:
-    """`genrec controller` on the experiment's config, a fresh state file, this Prometheus and replica."""
+def _start_controller(work: Path, cfg: GenrecConfig, prometheus_url: str, replica: str,
+                      capacities: list[float]) -> subprocess.Popen[bytes]:
+    """`genrec controller` on the experiment's config, a fresh state file, this Prometheus and replica,
+    with `capacities` as its feed-forward table (empty: reactive law only)."""
     state = work / "controller-state.json"
     state.unlink(missing_ok=True)
     port = free_port()
     controller = {**dataclasses.asdict(cfg.controller), "prometheus_url": prometheus_url,
                   "selector": f'job="{JOB}"', "replicas": [replica], "state_file": str(state),
-                  "metrics_port": port}
+                  "metrics_port": port, "rung_capacity_rps": [float(c) for c in capacities]}
     serving = {k: getattr(cfg.serving, k) for k in ("beam_ladder", "default_rung", "max_beam_width")}
     path = work / "controller.yaml"
     path.write_text(yaml.safe_dump({"serving": serving, "controller": controller}))
@@ -520,7 +564,8 @@ def _plot(results: dict[str, Any], capacity: float, slo: float, recall: list[flo
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
-    colours = {"fixed_widest": "tab:red", "fixed_narrowest": "tab:blue", "controller": "tab:green"}
+    colours = {"fixed_widest": "tab:red", "fixed_narrowest": "tab:blue", "controller": "tab:green",
+               "controller_without_guard": "tab:olive", "controller_reactive_only": "tab:purple"}
     for name, (record, profile, summary) in results.items():
         c = colours[name]
         seconds = len(summary["rung_per_second"])

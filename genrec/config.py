@@ -507,6 +507,18 @@ class ControllerConfig:
     # is forgotten after capacity_memory_seconds (load mix and hardware drift).
     capacity_margin: float = 0.85
     capacity_memory_seconds: float = 600.0
+    # Feed-forward from a load test: each rung's throughput per replica (requests/s, closed loop,
+    # narrowest rung first), as `python -m benchmarks.bench_serving` measures it on the serving
+    # hardware. Empty: the law is reactive only (p99 and learned capacities). With it, latency need
+    # not break first: the controller moves down at once, by as many rungs as it takes, when the
+    # request rate passes capacity_down_utilisation of the rung's capacity, and moves up only while
+    # the rate is below capacity_up_utilisation of the wider rung's (the gap is the hysteresis).
+    rung_capacity_rps: list[float] = field(default_factory=list)
+    capacity_down_utilisation: float = 0.6
+    capacity_up_utilisation: float = 0.45
+    # Rate window of the feed-forward: short, so a rising load shows within a few scrapes (it must
+    # hold at least two scrapes, or rate() is empty).
+    fast_window: str = "15s"
     # Re-push the rung to every replica this often even if it acknowledged it, so a replica that
     # restarted at the same address gets the policy back.
     resync_seconds: float = 60.0

@@ -10,6 +10,7 @@ the case in which plain two-threshold hysteresis flaps.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import threading
@@ -241,6 +242,100 @@ def test_learned_capacity_is_forgotten_after_its_memory() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Feed-forward from measured rung capacities, and the replicas' local guard
+# ------------------------------------------------------------------------------------------------
+
+
+def ff_params(**overrides: object) -> LawParams:
+    # Down above 0.6 x capacity: rung 3 at 60/s, rung 2 at 96/s, rung 1 at 150/s, rung 0 at 240/s.
+    return params(rung_capacity_rps=list(CAPACITY), capacity_down_utilisation=0.6,
+                  capacity_up_utilisation=0.45, cooldown_seconds=10.0, up_after=3, **overrides)
+
+
+def ff(rate: float, fast: float | None = None, p99: float = 0.02, **extra: object) -> Observation:
+    return Observation(p99_seconds=p99, request_rate=rate, inflight=1.0,
+                       fast_rate=rate if fast is None else fast, **extra)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("load,rung", [(50.0, 3), (61.0, 2), (96.0, 2), (140.0, 1), (151.0, 0), (300.0, 0)])
+def test_feed_forward_jumps_to_the_widest_rung_that_carries_the_load(load: float, rung: int) -> None:
+    # Latency is still calm and the controller is in its cool-down: a rate-based decision needs neither.
+    s = LawState(rung=3, last_change=0.0, last_good=0.0)
+    s, d = decide(s, ff(load), 1.0, ff_params())
+    assert s.rung == rung
+    assert d.action == ("hold" if rung == 3 else "down")
+    if rung < 3:
+        assert "capacity of rung 3" in d.reason and s.last_change == 1.0
+
+
+def test_feed_forward_acts_on_the_larger_of_the_fast_and_slow_rates() -> None:
+    p = ff_params()
+    start = LawState(rung=3, last_change=None, last_good=0.0)
+    assert decide(start, ff(50.0, fast=140.0), 1.0, p)[0].rung == 1  # a rise the slow window hides
+    assert decide(start, ff(140.0, fast=50.0), 1.0, p)[0].rung == 1  # a lull in the fast window
+    # No rate reading at all: the feed-forward stays out, the p99 law decides.
+    s, d = decide(start, Observation(p99_seconds=0.02, request_rate=None, inflight=1.0), 1.0, p)
+    assert s.rung == 3 and d.action == "hold"
+
+
+def test_feed_forward_is_per_replica() -> None:
+    # 280/s over four replicas is 70/s each: rung 2 (96/s), not rung 0.
+    s, _ = decide(LawState(rung=3, last_change=None, last_good=0.0), ff(280.0, replicas=4), 1.0, ff_params())
+    assert s.rung == 2
+
+
+def test_feed_forward_climbs_only_below_the_up_utilisation_of_the_wider_rung() -> None:
+    p = ff_params()
+    s = LawState(rung=1, last_change=None, last_good=0.0)
+    # 100/s: rung 2 would be at 100/160 = 0.62 > 0.45, so no climb however calm the latency.
+    s, actions = run(s, [ff(100.0)] * 10, p, step=5.0)
+    assert s.rung == 1 and set(actions) == {"hold"}
+    # 70/s <= 0.45 x 160: climbs to rung 2 after up_after calm intervals, not to rung 3 (0.45 x 100).
+    s, actions = run(s, [ff(70.0)] * 20, p, start=100.0, step=5.0)
+    assert s.rung == 2 and actions.count("up") == 1
+    s, _ = run(s, [ff(40.0)] * 10, p, start=300.0, step=5.0)
+    assert s.rung == 3
+
+
+def test_feed_forward_has_no_flap_between_its_two_utilisations() -> None:
+    # Rates wandering between the thresholds around rung 2 (0.45 x 100 = 45 up, 0.6 x 160 = 96 down).
+    p = ff_params()
+    s = LawState(rung=2, last_change=None, last_good=0.0)
+    rates = [50.0, 90.0, 60.0, 80.0, 55.0, 95.0] * 20
+    s, actions = run(s, [ff(r) for r in rates], p, step=1.0)
+    assert s.rung == 2 and set(actions) == {"hold"}
+
+
+def test_p99_still_steps_down_when_the_capacity_table_is_optimistic() -> None:
+    # The table says rung 3 carries 30/s easily; the node is slower than when it was measured.
+    s = LawState(rung=3, last_change=None, last_good=0.0)
+    s, d = decide(s, ff(30.0, p99=0.2), 1.0, ff_params())
+    assert d.action == "down" and s.rung == 2
+
+
+def test_a_replica_guard_step_down_is_adopted_not_overwritten() -> None:
+    p = params()
+    s = LawState(rung=3, last_change=None, last_good=0.0)
+    s, d = decide(s, Observation(p99_seconds=0.02, request_rate=50.0, inflight=1.0, guard_stepdowns=1.0,
+                                 min_rung=2.0), 1.0, p)
+    assert d.action == "down" and s.rung == 2 and "guard" in d.reason
+    # A replica at a lower rung without a guard firing (an update still on its way) is not adopted.
+    s2 = LawState(rung=3, last_change=None, last_good=0.0)
+    s2, d2 = decide(s2, Observation(p99_seconds=0.02, request_rate=50.0, inflight=1.0, guard_stepdowns=0.0,
+                                    min_rung=1.0), 1.0, p)
+    assert s2.rung == 3 and d2.action == "hold"
+
+
+def test_no_climb_while_a_guard_fired_within_the_fast_window() -> None:
+    p = params(cooldown_seconds=0.0, up_after=1)
+    calm = Observation(p99_seconds=0.01, request_rate=10.0, inflight=1.0, guard_stepdowns=1.0, min_rung=1.0)
+    s, d = decide(LawState(rung=1, last_change=None, last_good=0.0), calm, 1.0, p)
+    assert s.rung == 1 and "guard" in d.reason
+    s, d = decide(s, dataclasses.replace(calm, guard_stepdowns=0.0), 2.0, p)
+    assert d.action == "up" and s.rung == 2
+
+
+# ------------------------------------------------------------------------------------------------
 # Fail-safes
 # ------------------------------------------------------------------------------------------------
 
@@ -340,7 +435,10 @@ def test_restart_resumes_the_rung_without_a_flap(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("field,value", [
     ("step_up_ratio", 0.95), ("up_after", 0), ("window", "30 seconds"), ("capacity_margin", 1.5),
-    ("interval_seconds", 0.0), ("slo_p99_seconds", -1.0),
+    ("interval_seconds", 0.0), ("slo_p99_seconds", -1.0), ("fast_window", "3"),
+    ("rung_capacity_rps", [400.0, 300.0]), ("rung_capacity_rps", [100.0, 200.0, 300.0, 400.0]),
+    ("rung_capacity_rps", [400.0, 300.0, 0.0, -1.0]), ("rung_capacity_rps", [400.0, "fast", 200.0, 100.0]),
+    ("capacity_up_utilisation", 0.7), ("capacity_down_utilisation", 1.2),
 ])
 def test_bad_controller_settings_are_rejected(field: str, value: object) -> None:
     c = ControllerConfig()
@@ -357,6 +455,9 @@ def test_queries_use_selector_window_and_metric_names() -> None:
     assert q["rate"] == 'sum(rate(genrec_requests_total{job="p"}[7s]))'
     assert q["inflight"] == 'max(genrec_inflight_requests{job="p"})'
     assert q["gpu"] == 'avg(DCGM_FI_DEV_GPU_UTIL{pod=~"genrec.*"})'
+    assert q["fast_rate"] == 'sum(rate(genrec_requests_total{job="p"}[15s]))'
+    assert q["min_rung"] == 'min(genrec_beam_rung{job="p"})'
+    assert q["guard"] == 'sum(increase(genrec_inflight_guard_stepdowns_total{job="p"}[15s]))'
 
 
 # ------------------------------------------------------------------------------------------------

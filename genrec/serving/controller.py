@@ -19,6 +19,20 @@ The control law:
   broke the threshold (learned capacity, see below).
 - Between the two thresholds: stay.
 
+Feed-forward from a load test (`controller.rung_capacity_rps`, optional). A latency reading lags the
+load it answers for by the window, and on a fast ramp the widest rung is already deep in its queue
+when its p99 finally breaks. With each rung's measured throughput the controller acts on the request
+rate instead (over a short `fast_window`, the larger of it and the slow window's): above
+`capacity_down_utilisation` of the rung's capacity it moves down at once, skipping rungs as needed
+and without the cool-down, since the decision does not wait on a latency window; it moves up only
+while the rate is below `capacity_up_utilisation` of the wider rung's capacity. p99 stays the backstop
+for anything a capacity table cannot know (a noisy neighbour, a slower node).
+
+Replicas' local guards act between two intervals (one rung down when in-flight requests pass
+`serving.inflight_guard`). When a guard has fired and a replica now runs a narrower rung than the
+controller's, the controller adopts that rung instead of pushing the old one back over it, and it
+does not climb while a guard fired within the fast window.
+
 Learned capacity is our addition to plain hysteresis. Two thresholds alone do not stop flapping at
 constant load when the ladder is coarse: if rung r-1 is comfortably under the up threshold and rung r
 is over the down threshold at the same load, the controller climbs, breaks, falls and climbs again
@@ -92,6 +106,10 @@ class LawParams:
     up_inflight_limit: float
     capacity_margin: float
     capacity_memory_seconds: float
+    # Feed-forward (empty: off): per-replica throughput of each rung, narrowest first.
+    rung_capacity: tuple[float, ...] = ()
+    capacity_down_utilisation: float = 0.6
+    capacity_up_utilisation: float = 0.45
 
     @classmethod
     def from_config(cls, controller: ControllerConfig, serving: ServingConfig) -> LawParams:
@@ -109,6 +127,9 @@ class LawParams:
             up_inflight_limit=controller.up_inflight_ratio * serving.inflight_guard,
             capacity_margin=controller.capacity_margin,
             capacity_memory_seconds=controller.capacity_memory_seconds,
+            rung_capacity=tuple(float(c) for c in controller.rung_capacity_rps),
+            capacity_down_utilisation=controller.capacity_down_utilisation,
+            capacity_up_utilisation=controller.capacity_up_utilisation,
         )
 
     @property
@@ -130,6 +151,11 @@ class Observation:
     gpu_util: float | None = None
     replicas: int = 1
     error: str | None = None
+    # Request rate over controller.fast_window (feed-forward); optional like the GPU reading.
+    fast_rate: float | None = None
+    # The narrowest rung any replica runs, and local-guard step-downs within the fast window.
+    min_rung: float | None = None
+    guard_stepdowns: float | None = None
 
     @property
     def idle(self) -> bool:
@@ -150,6 +176,18 @@ class Observation:
         if self.request_rate is None or math.isnan(self.request_rate):
             return None
         return self.request_rate / max(1, self.replicas)
+
+    @property
+    def load_per_replica(self) -> float | None:
+        """The rate the feed-forward acts on: the larger of the fast and the slow window's, so a
+        rise shows as soon as the fast window sees it and a lull in it does not hide a load."""
+        rates = [r for r in (self.request_rate, self.fast_rate) if r is not None and not math.isnan(r)]
+        return max(rates) / max(1, self.replicas) if rates else None
+
+    @property
+    def guard_fired(self) -> bool:
+        g = self.guard_stepdowns
+        return g is not None and not math.isnan(g) and g > 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +232,15 @@ def capacity_ceiling(ceilings: Mapping[int, tuple[float, float]], rung: int) -> 
     return min(bounds) if bounds else None
 
 
+def feed_forward_rung(load: float, rung: int, params: LawParams) -> int:
+    """The widest rung at or below `rung` whose capacity carries `load` within the down
+    utilisation (rung 0 if none does)."""
+    for r in range(rung, 0, -1):
+        if load <= params.capacity_down_utilisation * params.rung_capacity[r]:
+            return r
+    return 0
+
+
 def decide(state: LawState, obs: Observation, now: float, params: LawParams) -> tuple[LawState, Decision]:
     """The control law: the next state and what was decided. Pure: time comes in as `now`."""
     ceilings = _fresh(state.ceilings, now, params)
@@ -215,6 +262,21 @@ def decide(state: LawState, obs: Observation, now: float, params: LawParams) -> 
     cooled = state.last_change is None or now - state.last_change >= params.cooldown_seconds
     rate = obs.rate_per_replica
     p99 = 0.0 if obs.idle else float(obs.p99_seconds)  # type: ignore[arg-type]
+
+    if obs.guard_fired and obs.min_rung is not None and not math.isnan(obs.min_rung) \
+            and int(obs.min_rung) < state.rung:
+        rung = max(0, int(obs.min_rung))
+        new = dataclasses.replace(state, rung=rung, last_change=now, calm=0)
+        return new, Decision("down", rung, f"a replica's local in-flight guard stepped down to rung {rung}")
+
+    load = obs.load_per_replica
+    if params.rung_capacity and load is not None:
+        target = feed_forward_rung(load, state.rung, params)
+        if target < state.rung:
+            new = dataclasses.replace(state, rung=target, last_change=now, calm=0)
+            return new, Decision("down", target, (
+                f"rate {load:.1f}/s per replica > {params.capacity_down_utilisation:.2f} x "
+                f"{params.rung_capacity[state.rung]:.1f}/s, the capacity of rung {state.rung}"))
 
     if p99 > params.down_threshold:
         state = dataclasses.replace(state, calm=0)
@@ -256,6 +318,14 @@ def _up_blocker(state: LawState, obs: Observation, rate: float | None, cooled: b
         return f"calm for {state.calm}/{params.up_after} intervals"
     if not cooled:
         return "in cool-down"
+    if obs.guard_fired:
+        return "a replica's local guard fired within the fast window"
+    load = obs.load_per_replica
+    if params.rung_capacity and load is not None:
+        wider = params.rung_capacity[state.rung + 1]
+        if load > params.capacity_up_utilisation * wider:
+            return (f"rate {load:.1f}/s per replica > {params.capacity_up_utilisation:.2f} x {wider:.1f}/s, "
+                    f"the capacity of rung {state.rung + 1}")
     if obs.gpu_util is not None and not math.isnan(obs.gpu_util) and obs.gpu_util >= params.gpu_util_ceiling:
         return f"GPU utilisation {obs.gpu_util:.0f}% >= {params.gpu_util_ceiling:.0f}%"
     if obs.inflight is not None and not math.isnan(obs.inflight) and obs.inflight >= params.up_inflight_limit:
@@ -290,8 +360,25 @@ def check_controller_config(controller: ControllerConfig, serving: ServingConfig
             raise ConfigError(f"controller.{name} must be non-negative")
     if not 0 < c.capacity_margin <= 1:
         raise ConfigError("controller.capacity_margin must be in (0, 1]")
-    if not _DURATION.match(c.window):
-        raise ConfigError(f"controller.window={c.window!r} is not a Prometheus duration such as 30s or 1m")
+    for name in ("window", "fast_window"):
+        if not _DURATION.match(getattr(c, name)):
+            raise ConfigError(f"controller.{name}={getattr(c, name)!r} is not a Prometheus duration "
+                              "such as 30s or 1m")
+    if c.rung_capacity_rps:
+        capacity = list(c.rung_capacity_rps)
+        if len(capacity) != len(serving.beam_ladder):
+            raise ConfigError(f"controller.rung_capacity_rps has {len(capacity)} entries; it needs one per "
+                              f"rung of serving.beam_ladder ({len(serving.beam_ladder)}), narrowest first, "
+                              "or none to turn the feed-forward off")
+        if any(not isinstance(x, (int, float)) or isinstance(x, bool) or not x > 0 for x in capacity):
+            raise ConfigError(f"controller.rung_capacity_rps={capacity}: every entry must be a positive "
+                              "number of requests/s")
+        if any(b > a for a, b in zip(capacity, capacity[1:])):
+            raise ConfigError(f"controller.rung_capacity_rps={capacity}: a wider rung cannot carry more "
+                              "than a narrower one; list the capacities narrowest rung first")
+    if not 0 < c.capacity_up_utilisation < c.capacity_down_utilisation <= 1:
+        raise ConfigError("controller: need 0 < capacity_up_utilisation < capacity_down_utilisation <= 1 "
+                          "(the feed-forward's hysteresis band)")
     if not 0 <= c.safe_rung < len(serving.beam_ladder):
         raise ConfigError(f"controller.safe_rung={c.safe_rung} must name a rung of serving.beam_ladder")
 
@@ -314,6 +401,9 @@ def controller_queries(c: ControllerConfig) -> dict[str, str]:
         # The busiest replica: its local guard is what steps in first.
         "inflight": f"max({names.INFLIGHT}{{{sel}}})",
         "gpu": f"avg(DCGM_FI_DEV_GPU_UTIL{{{c.gpu_selector}}})",
+        "fast_rate": f"sum(rate({names.REQUESTS}{{{sel}}}[{c.fast_window}]))",
+        "min_rung": f"min({names.BEAM_RUNG}{{{sel}}})",
+        "guard": f"sum(increase({names.GUARD_STEPDOWNS}{{{sel}}}[{c.fast_window}]))",
     }
 
 
@@ -352,14 +442,20 @@ async def observe(prom: PrometheusClient, queries: Mapping[str, str], replicas: 
     for key in ("p99", "rate", "inflight"):
         if isinstance(values[key], BaseException):
             return Observation(replicas=replicas, error=f"{key}: {values[key]}")
-    gpu = values["gpu"]
+    def optional(key: str) -> float | None:
+        # Optional readings: an error or an absent series just means no such signal.
+        value = values.get(key)
+        return None if isinstance(value, BaseException) else value
+
     return Observation(
         p99_seconds=values["p99"],  # type: ignore[arg-type]
         request_rate=values["rate"],  # type: ignore[arg-type]
         inflight=values["inflight"],  # type: ignore[arg-type]
-        # GPU utilisation is optional: an error or absent series just means no GPU signal.
-        gpu_util=None if isinstance(gpu, BaseException) else gpu,
+        gpu_util=optional("gpu"),
         replicas=replicas,
+        fast_rate=optional("fast_rate"),
+        min_rung=optional("min_rung"),
+        guard_stepdowns=optional("guard"),
     )
 
 
