@@ -319,6 +319,12 @@ def test_a_replica_guard_step_down_is_adopted_not_overwritten() -> None:
     s, d = decide(s, Observation(p99_seconds=0.02, request_rate=50.0, inflight=1.0, guard_stepdowns=1.0,
                                  min_rung=2.0), 1.0, p)
     assert d.action == "down" and s.rung == 2 and "guard" in d.reason
+    # The rung the guard left has a ceiling at this rate: no climb back while the load stays.
+    assert s.ceilings[3][0] == 50.0
+    s, actions = run(s, [ok(0.01, rate=50.0)] * 20, p, start=2.0, step=5.0)
+    assert s.rung == 2 and "up" not in actions
+    s, actions = run(s, [ok(0.01, rate=20.0)] * 20, p, start=200.0, step=5.0)
+    assert s.rung == 3
     # A replica at a lower rung without a guard firing (an update still on its way) is not adopted.
     s2 = LawState(rung=3, last_change=None, last_good=0.0)
     s2, d2 = decide(s2, Observation(p99_seconds=0.02, request_rate=50.0, inflight=1.0, guard_stepdowns=0.0,

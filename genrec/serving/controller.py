@@ -30,8 +30,9 @@ for anything a capacity table cannot know (a noisy neighbour, a slower node).
 
 Replicas' local guards act between two intervals (one rung down when in-flight requests pass
 `serving.inflight_guard`). When a guard has fired and a replica now runs a narrower rung than the
-controller's, the controller adopts that rung instead of pushing the old one back over it, and it
-does not climb while a guard fired within the fast window.
+controller's, the controller adopts that rung instead of pushing the old one back over it, learns the
+current rate as the ceiling of the rung the guard left, and does not climb while a guard fired within
+the fast window.
 
 Learned capacity is our addition to plain hysteresis. Two thresholds alone do not stop flapping at
 constant load when the ladder is coarse: if rung r-1 is comfortably under the up threshold and rung r
@@ -266,7 +267,12 @@ def decide(state: LawState, obs: Observation, now: float, params: LawParams) -> 
     if obs.guard_fired and obs.min_rung is not None and not math.isnan(obs.min_rung) \
             and int(obs.min_rung) < state.rung:
         rung = max(0, int(obs.min_rung))
-        new = dataclasses.replace(state, rung=rung, last_change=now, calm=0)
+        # A guard fires on a queue, not on a latency reading that noise could explain: the rung it
+        # left cannot carry this rate, so remember it as that rung's ceiling (else the controller
+        # climbs back, the guard fires again, and the ladder flaps at constant load).
+        if rate is not None:
+            ceilings = {**ceilings, rung + 1: (rate, now)}
+        new = dataclasses.replace(state, rung=rung, last_change=now, calm=0, ceilings=ceilings)
         return new, Decision("down", rung, f"a replica's local in-flight guard stepped down to rung {rung}")
 
     load = obs.load_per_replica
