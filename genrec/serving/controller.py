@@ -108,9 +108,9 @@ class LawParams:
     capacity_margin: float
     capacity_memory_seconds: float
     # Feed-forward (empty: off): per-replica throughput of each rung, narrowest first.
-    rung_capacity: tuple[float, ...] = ()
-    capacity_down_utilisation: float = 0.6
-    capacity_up_utilisation: float = 0.45
+    rung_capacity: tuple[float, ...]
+    capacity_down_utilisation: float
+    capacity_up_utilisation: float
 
     @classmethod
     def from_config(cls, controller: ControllerConfig, serving: ServingConfig) -> LawParams:
