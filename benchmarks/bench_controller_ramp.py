@@ -10,7 +10,8 @@ model, a real Prometheus scraping it every second):
 - with `--ablations`, the same controller without the guard, and the reactive law alone (no
   capacity table, no guard), to show what each part contributes.
 
-    python -m benchmarks.bench_controller_ramp            # ~13 min on the 2-core machine
+    python -m benchmarks.bench_controller_ramp              # ~11 min on the 2-core machine
+    python -m benchmarks.bench_controller_ramp --ablations  # ~17 min
 
 Figures (benchmarks/results/controller_ramp.json + .png over time: offered load, p99, rung, recall
 proxy):
@@ -105,7 +106,6 @@ EXPERIMENT = [
     "controller.push_timeout_seconds=1.0", "controller.push_retries=3", "controller.push_backoff_seconds=0.2",
     "controller.capacity_memory_seconds=120", "controller.fast_window=3s",
 ]
-
 
 
 @dataclass(frozen=True)
