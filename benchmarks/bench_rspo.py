@@ -172,21 +172,15 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
     save_result(f"rspo_{name}" + (f"_{tag}" if tag else ""), figures, plot)
 
 
-def sweep(name: str, overrides: list[str], variants: list[str], allow_train: bool) -> None:
-    """RSPO only, one run per variant; validation figures (all users) for picking settings."""
+def sweep(name: str, overrides: list[str], variants: list[str], allow_train: bool, tag: str = "") -> None:
+    """RSPO only, one run per variant; validation figures (all users) for picking settings. The
+    result is rewritten after every variant, so a long sweep that is stopped keeps what it measured."""
     config = run_config(name, overrides)
     prepared = prepare(name, config)
     vsl_model = _cached_model(prepared, config, allow_train)
     rows: list[dict[str, Any]] = [{"variant": "VSL", **{k: v for k, v in _valid_figures(
         vsl_model, prepared, config).items() if k in KEYS}}]
     print(rows[-1], flush=True)
-    for variant in variants:
-        run = config.with_overrides([v for v in variant.split(",") if v])
-        tuned, stats = _tuned(vsl_model, run, prepared)
-        figures = _valid_figures(tuned, prepared, run)
-        rows.append({"variant": variant, **{k: figures[k] for k in KEYS},
-                     "steps": stats["steps"], "train_seconds": stats["train_seconds"]})
-        print(rows[-1], flush=True)
 
     def plot() -> plt.Figure:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -197,8 +191,17 @@ def sweep(name: str, overrides: list[str], variants: list[str], allow_train: boo
         ax.legend(fontsize=6)
         return fig
 
-    save_result(f"rspo_sweep_{name}", {"dataset": DATASETS[name], "split": "valid (all users)", "rows": rows,
-                                       "config_overrides": overrides}, plot)
+    for variant in variants:
+        run = config.with_overrides([v for v in variant.split(",") if v])
+        tuned, stats = _tuned(vsl_model, run, prepared)
+        figures = _valid_figures(tuned, prepared, run)
+        rows.append({"variant": variant, **{k: figures[k] for k in KEYS},
+                     "relative_to_vsl": {k: _relative(figures[k], rows[0][k]) for k in HEADLINE},
+                     "steps": stats["steps"], "train_seconds": stats["train_seconds"]})
+        print(rows[-1], flush=True)
+        save_result(f"rspo_sweep_{name}" + (f"_{tag}" if tag else ""),
+                    {"dataset": DATASETS[name], "split": "valid (all users)", "rows": rows,
+                     "config_overrides": overrides}, plot)
 
 
 def main() -> None:
@@ -219,7 +222,7 @@ def main() -> None:
             print(f"skipping {name}: {SHARED} is absent")
             continue
         if args.sweep:
-            sweep(name, args.set, args.sweep, args.allow_train)
+            sweep(name, args.set, args.sweep, args.allow_train, args.tag)
         else:
             compare(name, args.set, args.allow_train, args.seeds, args.tag)
 

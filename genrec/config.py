@@ -828,6 +828,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        # PyYAML follows YAML 1.1, which reads `3e-4` (no dot) as a string: accept what Python reads.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config field {where} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

@@ -55,3 +55,13 @@ def test_shipped_configs_load() -> None:
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_exponent_floats_without_a_dot(tmp_path) -> None:
+    # YAML 1.1 (PyYAML) reads `3e-4` as a string; a float field must still take it, from a file or --set.
+    assert load_config(None, ["rspo.lr=3e-4"]).rspo.lr == pytest.approx(3e-4)
+    path = tmp_path / "c.yaml"
+    path.write_text("rspo:\n  lr: 2e-4\n")
+    assert load_config(path).rspo.lr == pytest.approx(2e-4)
+    with pytest.raises(ConfigError, match=r"rspo\.lr must be a number, got 'fast'"):
+        load_config(None, ["rspo.lr=fast"])
