@@ -27,6 +27,7 @@ top-K, in fewer passes whenever drafts cover the surviving beams.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,19 +194,37 @@ def verify_pass(decoder: SidDecoder, state: DecodingState, rows: Tensor, sequenc
     """Log-probabilities at every level of full-length code sequences [N, L] (each belonging to the
     request `rows[n]` of `state`): element l is [N, K_l], the distribution of code l given the
     sequence's codes < l. One pass through the prefix-dependent layers, causal over the level tokens,
-    exactly what `decoder.step` computes level by level."""
+    exactly what `decoder.step` computes level by level.
+
+    Like `TransformerBlock.step`, attention to the context is computed per request against its one
+    cached copy of the keys/values: gathering them per draft would copy C x d floats for each of the
+    N sequences, which at batch 1 costs more than the attention itself."""
     levels = decoder.levels
     x = state.level_inputs[rows] + decoder.prefix_embeddings(sequences)  # [N, L, d]
+    count = len(rows)
     causal = torch.ones(levels, levels, dtype=torch.bool, device=x.device).tril()
-    pad = state.memory_pad[rows]  # [N, C]
-    allowed = torch.cat([(~pad)[:, None, :].expand(-1, levels, -1),
-                         causal.expand(len(rows), -1, -1)], dim=-1)[:, None]  # [N, 1, L, C + L]
+    memory_pad = state.memory_pad[rows][:, None, None, :]  # [N, 1, 1, C]
+    groups = [(int(row), torch.nonzero(rows == row).squeeze(1)) for row in torch.unique(rows).tolist()]
     blocks: list[TransformerBlock] = list(decoder.blocks[decoder.prefix_layer:])  # type: ignore[arg-type]
     for block, memory in zip(blocks, state.memory):
         q, k, v = block._split(block.qkv(block.attn_norm(x)))  # [N, heads, L, hd]
-        keys = torch.cat([memory.keys[rows], k], dim=-2)
-        values = torch.cat([memory.values[rows], v], dim=-2)
-        attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)
+        heads, head_dim = q.shape[1], q.shape[-1]
+        context_len = memory.keys.shape[-2]
+        scale = 1.0 / math.sqrt(head_dim)
+        memory_scores = q.new_empty(count, heads, levels, context_len)
+        for row, index in groups:
+            # [n, heads, L, hd] -> [heads, n * L, hd]: one matmul against this request's keys.
+            grouped = q[index].transpose(0, 1).reshape(heads, -1, head_dim)
+            scores = torch.matmul(grouped, memory.keys[row].transpose(-1, -2)) * scale
+            memory_scores[index] = scores.view(heads, len(index), levels, context_len).transpose(0, 1)
+        memory_scores = memory_scores.masked_fill(memory_pad, float("-inf"))
+        prefix_scores = (torch.matmul(q, k.transpose(-1, -2)) * scale).masked_fill(~causal, float("-inf"))
+        weights = torch.softmax(torch.cat([memory_scores, prefix_scores], dim=-1), dim=-1)
+        attended = torch.matmul(weights[..., context_len:], v)  # [N, heads, L, hd]
+        for row, index in groups:
+            grouped = weights[index, :, :, :context_len].transpose(0, 1).reshape(heads, -1, context_len)
+            from_memory = torch.matmul(grouped, memory.values[row])  # [heads, n * L, hd]
+            attended[index] += from_memory.view(heads, len(index), levels, head_dim).transpose(0, 1)
         x = block._residual(x, attended)
     hidden = decoder.final_norm(x)
     return [torch.log_softmax(decoder.heads[level](hidden[:, level]), dim=-1) for level in range(levels)]
