@@ -12,6 +12,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -831,9 +832,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         # PyYAML follows YAML 1.1, which reads `3e-4` (no dot) as a string: accept what Python reads.
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
+                number = math.nan
+            if math.isfinite(number):
+                return number
         raise ConfigError(f"config field {where} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

@@ -65,3 +65,5 @@ def test_exponent_floats_without_a_dot(tmp_path) -> None:
     assert load_config(path).rspo.lr == pytest.approx(2e-4)
     with pytest.raises(ConfigError, match=r"rspo\.lr must be a number, got 'fast'"):
         load_config(None, ["rspo.lr=fast"])
+    with pytest.raises(ConfigError, match=r"rspo\.lr must be a number, got 'nan'"):
+        load_config(None, ["rspo.lr=nan"])
