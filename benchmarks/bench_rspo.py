@@ -5,8 +5,8 @@ RSPO and DPO learn only from training rows. Writes benchmarks/results/rspo_<data
     nice python -m benchmarks.bench_rspo --datasets movielens beauty --set rspo.threads=1
 
 results/rspo_beauty.json used `--set rspo.max_examples_per_user=4 --set rspo.max_minutes=12
---set rspo.positive_window=5`, the window picked on validation (rspo_sweep_beauty_s4.json); about
-35 min with its three test evaluations.
+--set rspo.positive_window=5`, the window picked on validation (rspo_sweep_beauty_s4.json): 17 min
+for one seed, RSPO and DPO with the three test evaluations.
 
 The VSL models are the ones bench_quality trains (same recipes, same cache under
 ~/.cache/genrec/bench); a missing one is an error unless --allow-train is given, since Beauty's
