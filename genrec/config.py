@@ -829,7 +829,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        # PyYAML follows YAML 1.1, which reads `3e-4` (no dot) as a string: accept what Python reads.
+        # PyYAML follows YAML 1.1, which reads `3e-4` (no dot) as a string: take it if it is finite.
         if isinstance(value, str):
             try:
                 number = float(value)
