@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,9 @@ class Prepared:
     splits: pd.DataFrame
     codebook: Codebook
     value_source: str
+    # Where the splits and the codebook lie in the cache (a torchrun training run reads them).
+    splits_path: Path
+    codebook_path: Path
 
 
 def _key(*parts: Any) -> str:
@@ -83,7 +88,8 @@ def prepare(name: str, config: GenrecConfig) -> Prepared:
     codebook_dir = folder / f"codebook-{_key(dataclasses.asdict(config.sid))}"
     if not codebook_dir.is_dir():
         build_codebook(pd.read_parquet(folder / "catalogue.parquet"), splits, config.sid).save(codebook_dir)
-    return Prepared(name, splits, Codebook.load(codebook_dir), (folder / "value_source.txt").read_text())
+    return Prepared(name, splits, Codebook.load(codebook_dir), (folder / "value_source.txt").read_text(),
+                    folder / "splits.parquet", codebook_dir)
 
 
 def train_cached(prepared: Prepared, config: GenrecConfig, log_prefix: str = "") -> TrainedModel:
@@ -94,9 +100,25 @@ def train_cached(prepared: Prepared, config: GenrecConfig, log_prefix: str = "")
     key = _key(prepared.name, codes, dataclasses.asdict(config.model), train)
     folder = CACHE / f"model-{prepared.name}-{config.model.decoder}-{key}"
     if not (folder / "model").is_dir():
-        run_training(config, prepared.splits, prepared.codebook, folder / "work", folder / "model",
-                     log=lambda line: print(f"{log_prefix}{line}", flush=True))
+        if config.train.processes > 1:
+            train_distributed(prepared, config, folder)
+        else:
+            run_training(config, prepared.splits, prepared.codebook, folder / "work", folder / "model",
+                         log=lambda line: print(f"{log_prefix}{line}", flush=True))
     return load_model(folder / "model")
+
+
+def train_distributed(prepared: Prepared, config: GenrecConfig, folder: Path) -> None:
+    """`train.processes` ranks under torchrun (DDP, gloo on CPU), as the train_generator component
+    runs them: each rank trains on its share of every epoch's batches of `train.batch_size`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={config.train.processes}", "-m", "genrec.train",
+                    "--config", str(config_path), "--splits", str(prepared.splits_path),
+                    "--codebook", str(prepared.codebook_path), "--work-dir", str(folder / "work"),
+                    "--model-dir", str(folder / "model")], check=True)
 
 
 def test_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig) -> dict[str, float]:
