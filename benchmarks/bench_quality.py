@@ -121,13 +121,18 @@ def train_distributed(prepared: Prepared, config: GenrecConfig, folder: Path) ->
                     "--model-dir", str(folder / "model")], check=True)
 
 
-def test_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig) -> dict[str, float]:
-    """Test target of every user, history train + valid, full catalogue."""
+def test_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig,
+                 exclude_history: bool | None = None) -> dict[str, float]:
+    """Test target of every user, history train + valid, full catalogue (without the user's own
+    context items when `exclude_history`, which defaults to the config's)."""
     requests = evaluation_requests(prepared.splits, model.item_ids, model.decoder.config.recent_items, "test")
+    exclude = config.train.exclude_history if exclude_history is None else exclude_history
     started = time.perf_counter()
     figures = evaluate(model.decoder, requests, model.tables, config.train.beam_widths, config.train.top_k,
-                       config.train.eval_batch_size)
+                       config.train.eval_batch_size, exclude_history=exclude)
     figures["eval_seconds"] = time.perf_counter() - started
+    # Share of targets that repeat an item of their own context: the hits exclusion would forgo.
+    figures["targets_in_context"] = float((requests.recent == requests.targets[:, None]).any(1).mean())
     return figures
 
 
@@ -148,12 +153,15 @@ def quality(name: str, overrides: list[str], vsl_compare: bool, train_only: bool
     if train_only:
         return
     training = model.manifest["training"]
-    test = test_figures(model, prepared, config)
+    test = test_figures(model, prepared, config, exclude_history=False)
     figures: dict[str, Any] = {
         "dataset": DATASETS[name],
         "protocol": "leave-one-out; test target of all users; history train+valid; full catalogue",
         "decoder": model.decoder.kind,
         "test": test,
+        # The same model and beams, never recommending a user the items of their own context
+        # (train.exclude_history; RecBole's full ranking masks the history the same way).
+        "test_exclude_history": test_figures(model, prepared, config, exclude_history=True),
         "train_minutes": training["train_seconds"] / 60,
         "train_samples_per_second": training["samples_per_second"],
         "train_finished": training["finished"],

@@ -100,11 +100,14 @@ def evaluate(
     for split in ("valid", "test"):
         requests = evaluation_requests(frame, trained.item_ids, trained.decoder.config.recent_items, split)
         results[split] = evaluate_model(trained.decoder, requests, trained.tables, cfg.train.beam_widths,
-                                        cfg.train.top_k, cfg.train.eval_batch_size, provider)
+                                        cfg.train.top_k, cfg.train.eval_batch_size, provider,
+                                        exclude_history=cfg.train.exclude_history)
     dataset = splits.metadata.get("dataset", "dataset")
     value_source = splits.metadata.get("value_source", "unknown")
     notes = [f"{dataset}: leave-one-out, full catalogue, all users; beam widths {cfg.train.beam_widths}, "
-             f"top-{cfg.train.top_k}; decoder {trained.decoder.kind}.",
+             f"top-{cfg.train.top_k}; decoder {trained.decoder.kind}"
+             + ("; a user's own last items are never recommended (train.exclude_history)." if
+                cfg.train.exclude_history else "."),
              f"Value@K uses the {value_source} value column (simulated bids where the data set has none)."]
     evaluation_report(results, notes, f"Evaluation: {dataset}").save(report.path)
     log_metrics(metrics, {f"{split}_{k}": v for split, figures in results.items()

@@ -199,6 +199,10 @@ class TrainConfig:
     beam_widths: list[int] = field(default_factory=lambda: [20])
     top_k: int = 10
     eval_batch_size: int = 256
+    # Evaluation never recommends a user the items of their own context (the last R items). Off by
+    # default: the published leave-one-out figures rank the whole catalogue. In these data sets a
+    # target never repeats a history item, so on, it only frees the slots those items took.
+    exclude_history: bool = False
 
 
 @dataclass
@@ -450,6 +454,9 @@ class ServingConfig:
     admin_token_env: str = "GENREC_ADMIN_TOKEN"
     # Feast online reads slower than this count as unavailable and fall back to history only.
     feature_timeout_ms: float = 50.0
+    # Never recommend an item the request's recent_items already hold (all of them, not only the
+    # last R the model reads). Off by default, as the published evaluation protocol ranks them too.
+    exclude_history: bool = False
     # DARE speculative decoding: drafts of full-ID completions from per-cluster retrieval pools.
     dare: bool = False
     dare_clusters: int = 16
@@ -594,6 +601,9 @@ class GenrecConfig:
                 f"controller.safe_rung={self.controller.safe_rung} must name a rung of serving.beam_ladder "
                 f"(0..{len(self.serving.beam_ladder) - 1})"
             )
+        if self.serving.exclude_history and self.serving.dare:
+            raise ConfigError("serving.exclude_history is not wired into DARE's drafting yet: turn off "
+                              "serving.dare or serving.exclude_history")
         if self.data.min_interactions_per_user < 3:
             raise ConfigError(
                 "data.min_interactions_per_user must be at least 3: leave-one-out needs a training, "

@@ -45,9 +45,11 @@ def ranking_metrics(recommended: np.ndarray, targets: np.ndarray, values: np.nda
 @torch.inference_mode()
 def recommend(decoder: SidDecoder, requests: ExampleSet, tables: TrieTables, beam_widths: Sequence[int],
               top_k: int, batch_size: int, summaries: SummaryProvider | None = None,
-              device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+              device: torch.device | str = "cpu", exclude_history: bool = False
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Top-K item rows and log-probs for every request, [n, K] each. Requests are batched by
-    history length so that padding stays small."""
+    history length so that padding stays small. With `exclude_history` the items of a request's
+    context (its last R items) are never recommended to it."""
     was_training = decoder.training
     decoder.eval()
     items = np.full((len(requests), top_k), -1, dtype=np.int64)
@@ -61,7 +63,8 @@ def recommend(decoder: SidDecoder, requests: ExampleSet, tables: TrieTables, bea
         if summaries is not None:
             summary = torch.as_tensor(summaries(requests.users[index], requests.cutoffs[index]),
                                       dtype=torch.float32, device=device)
-        result = beam_search(decoder, decoder.embed_context(recent, summary), tables, beam_widths, top_k)
+        result = beam_search(decoder, decoder.embed_context(recent, summary), tables, beam_widths, top_k,
+                             exclude=recent if exclude_history else None)
         items[index] = result.items.cpu().numpy()
         scores[index] = result.scores.cpu().numpy()
     decoder.train(was_training)
@@ -70,8 +73,10 @@ def recommend(decoder: SidDecoder, requests: ExampleSet, tables: TrieTables, bea
 
 def evaluate(decoder: SidDecoder, requests: ExampleSet, tables: TrieTables, beam_widths: Sequence[int],
              top_k: int, batch_size: int, summaries: SummaryProvider | None = None,
-             cutoffs: Sequence[int] = CUTOFFS, device: torch.device | str = "cpu") -> dict[str, float]:
+             cutoffs: Sequence[int] = CUTOFFS, device: torch.device | str = "cpu",
+             exclude_history: bool = False) -> dict[str, float]:
     if top_k < max(cutoffs):
         raise ValueError(f"top_k {top_k} is below the largest cutoff {max(cutoffs)}")
-    items, _ = recommend(decoder, requests, tables, beam_widths, top_k, batch_size, summaries, device)
+    items, _ = recommend(decoder, requests, tables, beam_widths, top_k, batch_size, summaries, device,
+                         exclude_history)
     return ranking_metrics(items, requests.targets, requests.values, decoder.item_codes.shape[0], cutoffs)

@@ -29,6 +29,29 @@ def test_wide_beams_equal_the_exhaustive_reference(setup) -> None:
     torch.testing.assert_close(result.scores, reference.scores, rtol=0, atol=1e-5)
 
 
+def test_excluded_items_with_wide_beams_equal_the_exhaustive_reference(setup) -> None:
+    space, decoder, tables, context = setup
+    wide = max(space.level_sizes) * space.items
+    plain = beam_search(decoder, context, tables, [wide], top_k=10)
+    # Leave out each request's own top 3 and one item it would not rank (PAD -1 mixed in).
+    exclude = torch.cat([plain.items[:, :3], plain.items[:, -1:], torch.full((6, 2), -1)], dim=1)
+    result = beam_search(decoder, context, tables, [wide], top_k=10, exclude=exclude)
+    reference = exhaustive_top_k(decoder, context, top_k=10, exclude=exclude)
+    assert torch.equal(result.items, reference.items)
+    torch.testing.assert_close(result.scores, reference.scores, rtol=0, atol=1e-5)
+    assert torch.equal(result.items[:, :6], plain.items[:, 3:9])  # the rest keep their order
+
+
+def test_excluded_items_never_come_out_of_narrow_beams(setup) -> None:
+    space, decoder, tables, context = setup
+    exclude = torch.as_tensor(np.random.default_rng(0).choice(space.items, (6, 15)))
+    result = beam_search(decoder, context, tables, [2, 3, 5], top_k=5, exclude=exclude)
+    for row in range(6):
+        assert not set(result.items[row].tolist()) & set(exclude[row].tolist())
+    with pytest.raises(ValueError, match="exclude has 2 rows for 6 requests"):
+        beam_search(decoder, context, tables, [4], top_k=5, exclude=exclude[:2])
+
+
 def test_narrow_beams_emit_only_valid_ids_in_score_order(setup) -> None:
     space, decoder, tables, context = setup
     result = beam_search(decoder, context, tables, [2, 3, 5], top_k=5)

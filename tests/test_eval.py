@@ -45,3 +45,20 @@ def test_recommend_keeps_request_order() -> None:
     assert metrics["users"] == 12 and metrics["recall@5"] <= metrics["recall@10"]
     with pytest.raises(ValueError, match="top_k"):
         evaluate(decoder, requests, tables, [6], top_k=5, batch_size=4)
+
+
+def test_exclude_history_drops_the_context_items_and_keeps_the_rest_in_order() -> None:
+    torch.manual_seed(0)
+    codebook = tiny_codebook()
+    splits = leave_one_out(make_log(users=12, items=30, per_user=7))
+    requests = evaluation_requests(splits, codebook.item_ids, recent_items=6, split="test")
+    decoder = build_decoder(tiny_config(), SidSpace(codebook.level_sizes, codebook.codes)).eval()
+    tables = TrieTables(codebook.trie)
+    wide = 30 * max(codebook.level_sizes)  # every prefix survives: the filtered list is exact
+    plain, _ = recommend(decoder, requests, tables, [wide], top_k=20, batch_size=4)
+    kept, _ = recommend(decoder, requests, tables, [wide], top_k=5, batch_size=4, exclude_history=True)
+    for row in range(len(requests)):
+        seen = set(requests.recent[row][requests.recent[row] >= 0].tolist())
+        assert seen, "every test request has a history"
+        assert [item for item in plain[row] if item not in seen][:5] == kept[row].tolist()
+    assert any(set(plain[row, :5]) & set(requests.recent[row]) for row in range(len(requests)))

@@ -48,9 +48,10 @@ class TrainedModel:
         self.trie = SidTrie.from_codes(codes, self.decoder.level_sizes)
         self.tables = TrieTables(self.trie, device=self.decoder.item_codes.device)
 
-    def history_rows(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
-        """Item-id histories (oldest first) -> [B, R'] rows, most recent first, unknown items dropped."""
-        limit = self.decoder.config.recent_items
+    def history_rows(self, histories: Sequence[Sequence[str]], limit: int | None = None) -> torch.Tensor:
+        """Item-id histories (oldest first) -> [B, R'] rows, most recent first, unknown items dropped;
+        the last `limit` of each (the decoder's R unless given)."""
+        limit = self.decoder.config.recent_items if limit is None else limit
         known = [[self._row_of[i] for i in history if i in self._row_of] for history in histories]
         rows = [history[-limit:][::-1] for history in known]
         width = max(1, max((len(r) for r in rows), default=1))

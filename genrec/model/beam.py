@@ -47,16 +47,36 @@ def level_widths(beam_widths: Sequence[int], levels: int) -> list[int]:
     return [int(beam_widths[min(level, len(beam_widths) - 1)]) for level in range(levels)]
 
 
+def excluded_mask(exclude: Tensor, items: int) -> Tensor:
+    """[B, items + 1] bool, True at the item rows of `exclude` [B, E] (PAD -1 allowed), shifted by
+    one so that column 0 stands for "no item" and is never excluded."""
+    mask = torch.zeros(exclude.shape[0], items + 1, dtype=torch.bool, device=exclude.device)
+    mask.scatter_(1, exclude.clamp(min=-1) + 1, True)
+    mask[:, 0] = False
+    return mask
+
+
 @torch.inference_mode()
 def beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, beam_widths: Sequence[int],
-                top_k: int) -> BeamResult:
+                top_k: int, exclude: Tensor | None = None) -> BeamResult:
     """Top-K items per request. Width b_l beams survive level l < L - 1; the last level keeps the
-    top_k complete IDs (a wider last level cannot change the top-K of already-scored items)."""
+    top_k complete IDs (a wider last level cannot change the top-K of already-scored items).
+
+    `exclude` [B, E] item rows (PAD -1 allowed) are never returned for their request, e.g. the
+    items the user already has: they are masked where they become complete IDs, at the last level.
+    Their prefixes still compete at the levels above, so with narrow beams a request can get fewer
+    than K items; widths that cover every valid prefix give `exhaustive_top_k`'s result exactly."""
     if tables.depth != decoder.levels:
         raise ValueError(f"trie has {tables.depth} levels, decoder {decoder.levels}")
     widths = level_widths(beam_widths, decoder.levels)
     batch = context.tokens.shape[0]
     device = context.tokens.device
+    if exclude is not None and exclude.shape[0] != batch:
+        raise ValueError(f"exclude has {exclude.shape[0]} rows for {batch} requests")
+    excluded = None
+    if exclude is not None:
+        rows = max(int(tables.children[-1].max()), int(exclude.max()) if exclude.numel() else -1) + 1
+        excluded = excluded_mask(exclude.to(device), rows)
     state = decoder.start(context)
     nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
     scores = torch.zeros(batch, 1, device=device)
@@ -66,6 +86,8 @@ def beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, beam_
         size = log_probs.shape[-1]
         children = tables.children[level][nodes.clamp(min=0)]  # [B, W, K]
         allowed = (children >= 0) & (nodes >= 0)[..., None]
+        if excluded is not None and level == decoder.levels - 1:
+            allowed &= ~excluded.gather(1, (children.clamp(min=-1) + 1).view(batch, -1)).view_as(children)
         candidates = (scores[..., None] + log_probs).masked_fill(~allowed, NEG_INF).view(batch, -1)
         keep = top_k if level == decoder.levels - 1 else widths[level]
         scores, flat = candidates.topk(min(keep, candidates.shape[1]), dim=1)
@@ -99,8 +121,12 @@ def item_log_probs(decoder: SidDecoder, context: Context, chunk: int = 4096) -> 
     return torch.stack(rows)
 
 
-def exhaustive_top_k(decoder: SidDecoder, context: Context, top_k: int) -> BeamResult:
+def exhaustive_top_k(decoder: SidDecoder, context: Context, top_k: int, exclude: Tensor | None = None
+                     ) -> BeamResult:
     """The exact top-K items by model log-probability over every valid ID (the beam search's
-    reference)."""
-    scores, items = item_log_probs(decoder, context).topk(top_k, dim=1)
-    return BeamResult(items, scores)
+    reference), leaving out the item rows of `exclude` [B, E] (PAD -1 allowed)."""
+    log_probs = item_log_probs(decoder, context)
+    if exclude is not None:
+        log_probs = log_probs.masked_fill(excluded_mask(exclude, log_probs.shape[1])[:, 1:], NEG_INF)
+    scores, items = log_probs.topk(top_k, dim=1)
+    return BeamResult(items.masked_fill(torch.isinf(scores), -1), scores)

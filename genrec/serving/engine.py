@@ -221,7 +221,10 @@ class ServingEngine:
         context = self.decoder.embed_context(recent, model_summary)
         if self.pool is None or not self.config.dare:
             m.DECODER_PASSES.inc(self.decoder.levels)
-            return beam_search(self.decoder, context, self.model.tables, widths, top_k)
+            # Every item the request names, not only the R the context keeps.
+            exclude = (self.model.history_rows(histories, self.config.max_recent_items)
+                       if self.config.exclude_history else None)
+            return beam_search(self.decoder, context, self.model.tables, widths, top_k, exclude=exclude)
         clusters = cluster_of_requests(self.pool, self.decoder, recent,
                                        summaries if have_summaries else None)
         result, stats = dare_beam_search(self.decoder, context, self.model.tables, widths, top_k, self.pool,

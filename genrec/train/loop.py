@@ -179,7 +179,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         train = self.config.train
         return evaluate(self.decoder, self.data.valid, self.tables, train.beam_widths, train.top_k,
-                        train.eval_batch_size, self.summaries, device=self.device)
+                        train.eval_batch_size, self.summaries, device=self.device,
+                        exclude_history=train.exclude_history)
 
     def _state(self, progress: _Progress) -> dict[str, Any]:
         return {"model": self.decoder.state_dict(), "optimizer": self.optimizer.state_dict(),

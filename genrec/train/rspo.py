@@ -352,7 +352,8 @@ def reference_decoder(model: TrainedModel, model_dir: str | Path | None = None) 
 def _validate(decoder: SidDecoder, requests: ExampleSet, config: GenrecConfig, tables: TrieTables
               ) -> dict[str, float]:
     return evaluate(decoder, requests, tables, config.train.beam_widths, config.train.top_k,
-                    config.train.eval_batch_size, device=decoder.item_codes.device)
+                    config.train.eval_batch_size, device=decoder.item_codes.device,
+                    exclude_history=config.train.exclude_history)
 
 
 def finetune(config: GenrecConfig, splits: pd.DataFrame, model: TrainedModel,
