@@ -185,8 +185,8 @@ def quality(name: str, overrides: list[str], vsl_compare: bool, train_only: bool
                            label=f"valid subset {metric}")
             ax.scatter([figures["train_minutes"]], [test[metric]], marker="*", s=150,
                        color=line[0].get_color(), label=f"test (all users) {metric}")
-            ax.scatter([figures["train_minutes"]], [figures["test_exclude_history"][metric]], marker="P", s=90,
-                       color=line[0].get_color(), label=f"test, own items excluded, {metric}")
+            ax.scatter([figures["train_minutes"]], [figures["test_exclude_history"][metric]], marker="P",
+                       s=90, color=line[0].get_color(), label=f"test, own items excluded, {metric}")
             for system, published in PUBLISHED.get(name, {}).items():
                 ax.axhline(published[metric], ls="--", color=line[0].get_color(), alpha=0.5,
                            label=f"{system} published {metric}")
