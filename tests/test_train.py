@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -193,3 +194,27 @@ def test_summaries_from_a_feature_repo_folder(tmp_path: Path) -> None:
     provider = feature_repo_summaries(tmp_path)
     out = provider(np.array(["a", "a", "b"]), pd.to_datetime(["2024-01-03", "2024-01-06", "2024-01-03"], utc=True).to_numpy())
     assert (provider.tokens, provider.dim) == (2, 3) and out[:, 0, 0].tolist() == [0.0, 1.0, 2.0]
+
+
+def _any_rank_worker(rank: int, port: int, results: Any) -> None:
+    import torch.distributed as dist
+
+    from genrec.train.distributed import Distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        ctx = Distributed(rank=rank, world=2)
+        results[rank] = (ctx.any_rank(rank == 1), ctx.any_rank(False))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_time_limit_hit_on_one_rank_stops_every_rank() -> None:
+    import torch.multiprocessing as mp
+
+    from tests.serving_support import free_port
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_any_rank_worker, args=(free_port(), results), nprocs=2, join=True)
+        assert dict(results) == {0: (True, False), 1: (True, False)}

@@ -32,6 +32,16 @@ class Distributed:
         if self.active:
             dist.barrier()
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if it is True on any. A decision taken from each rank's own clock
+        (a time limit) must be shared: a rank that stops alone leaves the others blocked in the
+        next gradient all-reduce."""
+        if not self.active:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
 
 def init_distributed(use_gpu: bool = True) -> Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))

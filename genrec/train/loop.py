@@ -220,7 +220,7 @@ class Trainer:
                     self._save(progress)
                 if stop_after_steps and progress.step >= stop_after_steps:  # a kill: nothing more saved
                     return self._result(progress, finished=False)
-                if progress.train_seconds > deadline:
+                if deadline < math.inf and self.dist.any_rank(progress.train_seconds > deadline):
                     finished = False
                     break
             point = CurvePoint(progress.epoch + 1, progress.step, progress.train_seconds,
