@@ -522,13 +522,7 @@ def _drain(url: str, limit: float) -> float:
 
 def _model_dir(config: GenrecConfig, prepared: Any) -> Path:
     """The cached model folder bench_quality trained (same key as train_cached)."""
-    import hashlib
-
-    codes = hashlib.sha256(prepared.codebook.codes.tobytes()).hexdigest()
-    train = {k: v for k, v in dataclasses.asdict(config.train).items()
-             if k not in ("valid_users", "eval_every", "threads", "eval_batch_size")}
-    key = bq._key(prepared.name, codes, dataclasses.asdict(config.model), train)
-    return bq.CACHE / f"model-{prepared.name}-{config.model.decoder}-{key}" / "model"
+    return bq.model_folder(prepared, config) / "model"
 
 
 def _start_controller(work: Path, cfg: GenrecConfig, prometheus_url: str, replica: str,

@@ -92,13 +92,23 @@ def prepare(name: str, config: GenrecConfig) -> Prepared:
                     folder / "splits.parquet", codebook_dir)
 
 
+# TrainConfig fields that change how a run is watched or evaluated, never the weights it ends with:
+# they stay out of the cache key, so that e.g. evaluating with train.exclude_history reuses the model.
+NOT_IN_MODEL_KEY = ("valid_users", "eval_every", "threads", "eval_batch_size", "exclude_history")
+
+
+def model_folder(prepared: Prepared, config: GenrecConfig, *extra_key: Any) -> Path:
+    """The cache folder of the model this data set, codebook and config train (`extra_key`: more
+    inputs that make a different model, e.g. the summaries a run reads)."""
+    codes = hashlib.sha256(prepared.codebook.codes.tobytes()).hexdigest()
+    train = {k: v for k, v in dataclasses.asdict(config.train).items() if k not in NOT_IN_MODEL_KEY}
+    key = _key(prepared.name, codes, dataclasses.asdict(config.model), train, *extra_key)
+    return CACHE / f"model-{prepared.name}-{config.model.decoder}-{key}"
+
+
 def train_cached(prepared: Prepared, config: GenrecConfig, log_prefix: str = "") -> TrainedModel:
     """Trains (or resumes, or reuses) the model for this data set, codebook and config."""
-    codes = hashlib.sha256(prepared.codebook.codes.tobytes()).hexdigest()
-    train = {k: v for k, v in dataclasses.asdict(config.train).items()
-             if k not in ("valid_users", "eval_every", "threads", "eval_batch_size")}
-    key = _key(prepared.name, codes, dataclasses.asdict(config.model), train)
-    folder = CACHE / f"model-{prepared.name}-{config.model.decoder}-{key}"
+    folder = model_folder(prepared, config)
     if not (folder / "model").is_dir():
         if config.train.processes > 1:
             train_distributed(prepared, config, folder)

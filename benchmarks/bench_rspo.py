@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -27,12 +26,11 @@ import numpy as np
 import torch
 
 from benchmarks.bench_quality import (
-    CACHE,
     DATASETS,
     SHARED,
     Prepared,
-    _key,
     load_average,
+    model_folder,
     prepare,
     run_config,
     train_cached,
@@ -55,12 +53,8 @@ TARGET_NDCG_LOSS = 0.02
 
 def _cached_model(prepared: Prepared, config: GenrecConfig, allow_train: bool) -> TrainedModel:
     """bench_quality's model for this recipe; refuses to train one unless allowed."""
-    # The same key train_cached computes: refusing needs to know before it starts training.
-    codes = hashlib.sha256(prepared.codebook.codes.tobytes()).hexdigest()
-    train = {k: v for k, v in dataclasses.asdict(config.train).items()
-             if k not in ("valid_users", "eval_every", "threads", "eval_batch_size")}
-    folder = CACHE / f"model-{prepared.name}-{config.model.decoder}-" \
-                     f"{_key(prepared.name, codes, dataclasses.asdict(config.model), train)}"
+    # Refusing needs to know before train_cached starts training.
+    folder = model_folder(prepared, config)
     if not (folder / "model").is_dir() and not allow_train:
         raise SystemExit(f"no cached VSL model for {prepared.name} at {folder}: run bench_quality with the "
                          "same recipe first, or pass --allow-train")

@@ -47,6 +47,7 @@ from benchmarks.bench_quality import (
     Prepared,
     _key,
     load_average,
+    model_folder,
     prepare,
     run_config,
     train_cached,
@@ -112,11 +113,7 @@ def train_with_summaries(prepared: Prepared, config: GenrecConfig,
                          repo_dir: Path) -> tuple[TrainedModel, dict[str, Any]]:
     """bench_quality's train_cached with the Feast provider: the cache key adds the content of the
     repo's snapshot table (users, times, summaries), so equal summaries reuse the model."""
-    codes = hashlib.sha256(prepared.codebook.codes.tobytes()).hexdigest()
-    train = {k: v for k, v in dataclasses.asdict(config.train).items()
-             if k not in ("valid_users", "eval_every", "threads", "eval_batch_size")}
-    key = _key(prepared.name, codes, dataclasses.asdict(config.model), train, snapshot_digest(repo_dir))
-    folder = CACHE / f"model-{prepared.name}-{config.model.decoder}-{key}"
+    folder = model_folder(prepared, config, snapshot_digest(repo_dir))
     join_file = folder / "feast_join.json"
     if (folder / "model").is_dir() and join_file.is_file():
         return load_model(folder / "model"), json.loads(join_file.read_text())
