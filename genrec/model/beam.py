@@ -34,6 +34,8 @@ class TrieTables:
     def __init__(self, trie: SidTrie, device: torch.device | str = "cpu") -> None:
         self.children = [torch.as_tensor(table, dtype=torch.int32, device=device) for table in trie.children]
         self.level_sizes = list(trie.level_sizes)
+        # Item rows run 0..items-1 (the last level's node numbers).
+        self.items = int(trie.children[-1].max()) + 1 if trie.children[-1].size else 0
 
     @property
     def depth(self) -> int:
@@ -74,9 +76,9 @@ def beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, beam_
     if exclude is not None and exclude.shape[0] != batch:
         raise ValueError(f"exclude has {exclude.shape[0]} rows for {batch} requests")
     excluded = None
-    if exclude is not None:
-        rows = max(int(tables.children[-1].max()), int(exclude.max()) if exclude.numel() else -1) + 1
-        excluded = excluded_mask(exclude.to(device), rows)
+    if exclude is not None:  # rows outside the trie can never come out: dropped, not indexed
+        exclude = exclude.to(device)
+        excluded = excluded_mask(exclude.masked_fill(exclude >= tables.items, -1), tables.items)
     state = decoder.start(context)
     nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
     scores = torch.zeros(batch, 1, device=device)
