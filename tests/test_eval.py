@@ -9,8 +9,8 @@ import torch
 from genrec.data.split import leave_one_out
 from genrec.evaluate import evaluate, hit_ranks, ranking_metrics, recommend
 from genrec.model.beam import TrieTables, beam_search
-from genrec.model.decoder import SidSpace, build_decoder
-from genrec.train.data import evaluation_requests
+from genrec.model.decoder import SidDecoder, SidSpace, build_decoder
+from genrec.train.data import ExampleSet, evaluation_requests
 from tests.conftest import make_log
 from tests.test_model_decoder import tiny_config
 from tests.test_train import tiny_codebook
@@ -29,13 +29,18 @@ def test_metrics_by_hand() -> None:
     assert m["users"] == 4
 
 
-def test_recommend_keeps_request_order() -> None:
+def _tiny_requests() -> tuple[ExampleSet, SidDecoder, TrieTables, int]:
+    """Test requests of a small log, an untrained decoder, its trie tables and the catalogue size."""
     torch.manual_seed(0)
     codebook = tiny_codebook()
     splits = leave_one_out(make_log(users=12, items=30, per_user=7))
     requests = evaluation_requests(splits, codebook.item_ids, recent_items=6, split="test")
     decoder = build_decoder(tiny_config(), SidSpace(codebook.level_sizes, codebook.codes)).eval()
-    tables = TrieTables(codebook.trie)
+    return requests, decoder, TrieTables(codebook.trie), len(codebook.item_ids)
+
+
+def test_recommend_keeps_request_order() -> None:
+    requests, decoder, tables, _ = _tiny_requests()
     items, scores = recommend(decoder, requests, tables, [6], top_k=5, batch_size=4)
     for row in range(len(requests)):
         length = max(1, int(requests.lengths[row]))
@@ -48,13 +53,8 @@ def test_recommend_keeps_request_order() -> None:
 
 
 def test_exclude_history_drops_the_context_items_and_keeps_the_rest_in_order() -> None:
-    torch.manual_seed(0)
-    codebook = tiny_codebook()
-    splits = leave_one_out(make_log(users=12, items=30, per_user=7))
-    requests = evaluation_requests(splits, codebook.item_ids, recent_items=6, split="test")
-    decoder = build_decoder(tiny_config(), SidSpace(codebook.level_sizes, codebook.codes)).eval()
-    tables = TrieTables(codebook.trie)
-    wide = 30 * max(codebook.level_sizes)  # every prefix survives: the filtered list is exact
+    requests, decoder, tables, items = _tiny_requests()
+    wide = items * max(decoder.level_sizes)  # every prefix survives: the filtered list is exact
     plain, _ = recommend(decoder, requests, tables, [wide], top_k=20, batch_size=4)
     kept, _ = recommend(decoder, requests, tables, [wide], top_k=5, batch_size=4, exclude_history=True)
     for row in range(len(requests)):
