@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 
@@ -246,6 +247,70 @@ def vsl(name: str, overrides: list[str], prepared: Prepared, on_config: GenrecCo
     save_result(f"vsl_{name}", figures, plot)
 
 
+SEED_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "value@10")
+
+
+def seeds(name: str, overrides: list[str], train_seeds: list[int], tag: str = "") -> None:
+    """One recipe trained (or reused from the cache) under each of `train_seeds`: every seed's test
+    figures, their mean and spread, and whether the MEAN meets the published figures (one lucky
+    seed does not count)."""
+    per_seed: list[dict[str, Any]] = []
+    for seed in train_seeds:
+        config = run_config(name, [*overrides, f"train.seed={seed}"])
+        prepared = prepare(name, config)
+        model = train_cached(prepared, config, f"[{name} seed {seed}] ")
+        per_seed.append({
+            "seed": seed,
+            "train_minutes": _minutes(model),
+            "train_finished": model.manifest["training"]["finished"],
+            "test": test_figures(model, prepared, config, exclude_history=False),
+            "test_exclude_history": test_figures(model, prepared, config, exclude_history=True),
+        })
+        print(f"[{name} seed {seed}] test " + " ".join(
+            f"{k} {per_seed[-1]['test'][k]:.4f}" for k in SEED_METRICS), flush=True)
+
+    def spread(protocol: str) -> dict[str, dict[str, float]]:
+        values = {k: np.array([run[protocol][k] for run in per_seed]) for k in SEED_METRICS}
+        return {"mean": {k: float(v.mean()) for k, v in values.items()},
+                "std": {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}}
+
+    test, excluded = spread("test"), spread("test_exclude_history")
+    published = PUBLISHED.get(name, {})
+    figures: dict[str, Any] = {
+        "dataset": DATASETS[name],
+        "protocol": "leave-one-out; test target of all users; history train+valid; full catalogue",
+        "seeds": train_seeds,
+        "per_seed": per_seed,
+        "test": test,
+        "test_exclude_history": excluded,
+        "published": published,
+        "mean_meets_published": {
+            system: {k: test["mean"][k] >= figure for k, figure in target.items()}
+            for system, target in published.items()},
+        "max_train_minutes": max(run["train_minutes"] for run in per_seed),
+        "config_overrides": [*RECIPES[name], *overrides],
+    }
+
+    def plot() -> plt.Figure:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        for ax, metric in zip(axes, ("recall@10", "ndcg@10")):
+            labels = [str(run["seed"]) for run in per_seed] + ["mean"]
+            ax.bar(labels, [run["test"][metric] for run in per_seed] + [test["mean"][metric]],
+                   color=["#9ab"] * len(per_seed) + ["#36c"], label="test (all users)")
+            ax.scatter(labels, [run["test_exclude_history"][metric] for run in per_seed]
+                       + [excluded["mean"][metric]], marker="P", color="k", label="own items excluded")
+            for system, target in published.items():
+                ax.axhline(target[metric], ls="--", color="r", label=f"{system} published")
+            # Seeds differ by a few percent: a zero-based axis would hide it.
+            ax.set_ylim(bottom=0.8 * min(run["test"][metric] for run in per_seed))
+            ax.set_xlabel("training seed")
+            ax.set_title(f"{DATASETS[name]} test {metric}")
+        axes[0].legend(fontsize=7)
+        return fig
+
+    save_result(f"quality_{name}" + (f"_{tag}" if tag else "") + "_seeds", figures, plot)
+
+
 def _minutes(model: TrainedModel) -> float:
     return float(model.manifest["training"]["train_seconds"]) / 60
 
@@ -260,14 +325,24 @@ def main() -> None:
     parser.add_argument("--tag", default="",
                         help="suffix of the result names (quality_<dataset>_<tag>.json): a recipe variant "
                              "that must not replace the reference figures")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[],
+                        help="train the recipe under each train.seed (cached models are reused) and write "
+                             "quality_<dataset>[_<tag>]_seeds.json: per-seed test figures and their mean")
     parser.add_argument("--train-only", action="store_true",
                         help="train into the cache and stop (e.g. the AR model for bench_lazyar)")
     args = parser.parse_args()
+    if args.seeds and (args.vsl or args.train_only):
+        parser.error("--seeds compares one recipe across seeds: drop --vsl / --train-only")
+    if args.seeds and any(o.startswith("train.seed=") for o in args.set):
+        parser.error("--seeds sets train.seed for each run: drop --set train.seed=...")
     for name in args.datasets:
         if name != "movielens" and not SHARED.is_dir():
             print(f"skipping {name}: {SHARED} is absent")
             continue
-        quality(name, args.set, args.vsl, args.train_only, args.tag)
+        if args.seeds:
+            seeds(name, args.set, args.seeds, args.tag)
+        else:
+            quality(name, args.set, args.vsl, args.train_only, args.tag)
 
 
 if __name__ == "__main__":
