@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,11 +135,21 @@ def train_distributed(prepared: Prepared, config: GenrecConfig, folder: Path) ->
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.json"
     config_path.write_text(json.dumps(config.to_dict()))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={config.train.processes}", "-m", "genrec.train",
-                    "--config", str(config_path), "--splits", str(prepared.splits_path),
-                    "--codebook", str(prepared.codebook_path), "--work-dir", str(folder / "work"),
-                    "--model-dir", str(folder / "model")], check=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={config.train.processes}", "-m", "genrec.train",
+               "--config", str(config_path), "--splits", str(prepared.splits_path),
+               "--codebook", str(prepared.codebook_path), "--work-dir", str(folder / "work"),
+               "--model-dir", str(folder / "model")]
+    process = subprocess.Popen(command)
+    try:
+        if process.wait():
+            raise subprocess.CalledProcessError(process.returncode, command)
+    finally:
+        # A benchmark stopped mid-run (Ctrl-C, kill) must not leave its ranks training on
+        # (torchrun passes the SIGTERM on to them); the checkpoints let a rerun resume.
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
 
 
 def test_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig,
@@ -331,6 +342,8 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true",
                         help="train into the cache and stop (e.g. the AR model for bench_lazyar)")
     args = parser.parse_args()
+    # SIGTERM as an exception, so that the torchrun clean-up in train_distributed runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.seeds and (args.vsl or args.train_only):
         parser.error("--seeds compares one recipe across seeds: drop --vsl / --train-only")
     if args.seeds and any(o.startswith("train.seed=") for o in args.set):
