@@ -248,6 +248,10 @@ class RspoConfig:
     max_minutes: float = 0.0
     batch_size: int = 64
     max_examples_per_user: int = 1
+    # Leave out each user's latest `skip_latest` training positions before taking those examples:
+    # with it equal to train.max_examples_per_user, RSPO learns from positions the VSL model never
+    # trained on, where its beam hits as often as it will on new requests, not where it memorised.
+    skip_latest: int = 0
     # Torch intra-op threads (0: torch's default).
     threads: int = 1
     # Validation before/after on this many users (0: all) with train.beam_widths / train.top_k.
@@ -637,7 +641,7 @@ class GenrecConfig:
         if rspo.beta <= 0 or rspo.lr <= 0:
             raise ConfigError("rspo.beta and rspo.lr must be positive")
         for name in ("kl_weight", "weight_decay", "grad_clip", "max_minutes", "max_steps", "gain_cutoff",
-                     "max_examples_per_user", "threads", "valid_users"):
+                     "max_examples_per_user", "skip_latest", "threads", "valid_users"):
             if getattr(rspo, name) < 0:
                 raise ConfigError(f"rspo.{name} must be non-negative")
         if not rspo.version_prefix or not rspo.version_prefix.replace("-", "").replace("_", "").isalnum():

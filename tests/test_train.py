@@ -58,6 +58,14 @@ def test_training_examples_use_only_train_rows(splits) -> None:
     assert len(capped) == 2 * train["user_id"].nunique()
     last = np.flatnonzero(capped.users == "u0")[-1]
     assert f"i{capped.targets[last]}" == train[train["user_id"] == "u0"]["item_id"].iloc[-1]
+    # Leaving out the latest position: each user's one example is its second-to-last train item.
+    earlier = training_examples(splits, codebook.item_ids, recent_items=4, max_per_user=1, skip_latest=1)
+    assert len(earlier) == train["user_id"].nunique()
+    u0_train = train[train["user_id"] == "u0"]["item_id"].tolist()
+    assert f"i{earlier.targets[earlier.users == 'u0'].item()}" == u0_train[-2]
+    assert [f"i{r}" for r in earlier.recent[earlier.users == "u0"][0] if r >= 0] == u0_train[-3::-1]
+    # Skipping all but the first position leaves nothing (the first has no context).
+    assert len(training_examples(splits, codebook.item_ids, 4, skip_latest=len(u0_train) - 1)) == 0
     # The first example of user u0 predicts its 2nd item from its 1st.
     u0 = splits[splits["user_id"] == "u0"]["item_id"].tolist()
     first = np.flatnonzero(examples.users == "u0")[0]

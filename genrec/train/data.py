@@ -78,19 +78,21 @@ def _example_set(frame: pd.DataFrame, rows: np.ndarray, recent: np.ndarray, leng
 
 
 def training_examples(splits: pd.DataFrame, codebook_item_ids: np.ndarray, recent_items: int,
-                      max_per_user: int = 0) -> ExampleSet:
+                      max_per_user: int = 0, skip_latest: int = 0) -> ExampleSet:
     """One example per training interaction that has at least one earlier training interaction
-    (only each user's latest `max_per_user` of them when that is above 0). Items without a
-    semantic ID are dropped from the sequences."""
+    (only each user's latest `max_per_user` of them when that is above 0, after leaving out each
+    user's latest `skip_latest`). Items without a semantic ID are dropped from the sequences."""
     frame = splits[splits[SPLIT_COLUMN] == "train"]
     rows = item_rows(frame["item_id"], codebook_item_ids)
     frame = _grouped(frame[rows >= 0])
     rows = item_rows(frame["item_id"], codebook_item_ids)
     recent, lengths = _windows(frame, rows, recent_items)
     keep = lengths > 0
-    if max_per_user:
+    if max_per_user or skip_latest:
         from_end = frame.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
-        keep &= from_end < max_per_user
+        keep &= from_end >= skip_latest
+        if max_per_user:
+            keep &= from_end < skip_latest + max_per_user
     return _example_set(frame, rows, recent, lengths, np.flatnonzero(keep))
 
 

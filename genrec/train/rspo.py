@@ -372,9 +372,12 @@ def finetune(config: GenrecConfig, splits: pd.DataFrame, model: TrainedModel,
         torch.set_num_threads(rspo.threads)
     torch.manual_seed(rspo.seed)
     recent_items = model.decoder.config.recent_items
-    examples = training_examples(splits, model.item_ids, recent_items, rspo.max_examples_per_user)
+    examples = training_examples(splits, model.item_ids, recent_items, rspo.max_examples_per_user,
+                                 rspo.skip_latest)
     if not len(examples):
-        raise ValueError("no training examples: every user needs two or more training interactions")
+        raise ValueError("no training examples: every user needs two or more training interactions"
+                         + (f" beyond the rspo.skip_latest={rspo.skip_latest} latest ones: lower it"
+                            if rspo.skip_latest else ""))
     requests = Requests.from_examples(examples, rspo.positive_window)
     valid = evaluation_requests(splits, model.item_ids, recent_items, "valid")
     if rspo.valid_users and len(valid) > rspo.valid_users:
