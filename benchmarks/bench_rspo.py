@@ -43,6 +43,7 @@ from genrec.train.data import evaluation_requests
 from genrec.train.rspo import finetune
 
 HEADLINE = ("recall@10", "ndcg@10", "value@10")
+BOOTSTRAPPED = ("value@10", "ndcg@10")
 CUTOFF = 10
 BOOTSTRAP_DRAWS = 1000
 KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "value@5", "value@10", "coverage@10")
@@ -77,20 +78,24 @@ def _valid_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig
 
 
 def _test(model: TrainedModel, prepared: Prepared, config: GenrecConfig
-          ) -> tuple[dict[str, float], np.ndarray]:
-    """genrec.evaluate's test figures (all users, full catalogue) and each user's value@10 term
-    (value if the target is in the top 10, else 0), for the paired bootstrap."""
+          ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """genrec.evaluate's test figures (all users, full catalogue) and each user's value@10 and
+    ndcg@10 terms (value, or 1/log2(rank + 2), if the target is in the top 10, else 0), for the
+    paired bootstrap."""
     recent = model.decoder.config.recent_items
     requests = evaluation_requests(prepared.splits, model.item_ids, recent, "test")
     items, _ = recommend(model.decoder, requests, model.tables, config.train.beam_widths,
                          config.train.top_k, config.train.eval_batch_size)
     figures = ranking_metrics(items, requests.targets, requests.values, model.decoder.item_codes.shape[0])
     ranks = hit_ranks(items, requests.targets)
-    return figures, np.where((ranks >= 0) & (ranks < CUTOFF), requests.values, 0.0)
+    hit = (ranks >= 0) & (ranks < CUTOFF)
+    return figures, {"value@10": np.where(hit, requests.values, 0.0),
+                     "ndcg@10": np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)}
 
 
 def _bootstrap(new: np.ndarray, old: np.ndarray, seed: int) -> list[float]:
-    """95% interval of the relative value@10 change, resampling users (paired: same users)."""
+    """95% interval of the relative change of a per-user mean, resampling users (paired: same
+    users)."""
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(old), size=(BOOTSTRAP_DRAWS, len(old)))
     changes = new[draws].sum(1) / np.maximum(old[draws].sum(1), 1e-12) - 1.0
@@ -108,7 +113,7 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
     prepared = prepare(name, config)
     vsl_model = _cached_model(prepared, config, allow_train)
     vsl, vsl_users = _test(vsl_model, prepared, config)
-    user_values: dict[str, list[np.ndarray]] = {"VSL+RSPO": [], "VSL+DPO": []}
+    user_terms: dict[str, list[dict[str, np.ndarray]]] = {"VSL+RSPO": [], "VSL+DPO": []}
     runs: dict[str, dict[str, Any]] = {}
     tested: dict[str, dict[str, float]] = {"VSL": vsl}
     seeds = seeds or [config.rspo.seed]
@@ -118,7 +123,7 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
             run = config.with_overrides([f"rspo.loss={loss}", f"rspo.seed={seed}"])
             tuned, stats = _tuned(vsl_model, run, prepared)
             figs, users = _test(tuned, prepared, run)
-            user_values[label].append(users)
+            user_terms[label].append(users)
             per_seed[label].append({"seed": seed, **{k: figs[k] for k in KEYS}})
             runs[f"{label} seed {seed}"] = stats
             print(f"[{name}] {label} seed {seed}: " + " ".join(f"{k} {figs[k]:.4f}" for k in HEADLINE),
@@ -131,10 +136,11 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
                     "RSPO/DPO trained on train rows only",
         "test": {label: {k: figs[k] for k in KEYS} for label, figs in tested.items()},
         "test_per_seed": per_seed,
-        # Users are few and values heavy-tailed: this is how far value@10 moves by chance.
-        "value@10_change_bootstrap_95": {
-            label: _bootstrap(np.mean(values, axis=0), vsl_users, config.rspo.seed)
-            for label, values in user_values.items()},
+        # Users are few and values heavy-tailed: this is how far each figure moves by chance.
+        **{f"{metric}_change_bootstrap_95": {
+            label: _bootstrap(np.mean([terms[metric] for terms in runs_of], axis=0), vsl_users[metric],
+                              config.rspo.seed)
+            for label, runs_of in user_terms.items()} for metric in BOOTSTRAPPED},
         "rspo_seeds": seeds,
         "relative_to_vsl": {label: {k: _relative(figs[k], vsl[k]) for k in HEADLINE}
                             for label, figs in tested.items() if label != "VSL"},
