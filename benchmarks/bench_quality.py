@@ -113,13 +113,17 @@ def prepare(name: str, config: GenrecConfig) -> Prepared:
 # TrainConfig fields that change how a run is watched or evaluated, never the weights it ends with:
 # they stay out of the cache key, so that e.g. evaluating with train.exclude_history reuses the model.
 NOT_IN_MODEL_KEY = ("valid_users", "eval_every", "threads", "eval_batch_size", "exclude_history")
+# Train settings added after models were cached: at these values they leave the key as it was, so
+# the cached models (half an hour each on Beauty) stay theirs.
+KEY_LEFT_OUT_AT = {"skip_latest": 0}
 
 
 def model_folder(prepared: Prepared, config: GenrecConfig, *extra_key: Any) -> Path:
     """The cache folder of the model this data set, codebook and config train (`extra_key`: more
     inputs that make a different model, e.g. the summaries a run reads)."""
     codes = hashlib.sha256(prepared.codebook.codes.tobytes()).hexdigest()
-    train = {k: v for k, v in dataclasses.asdict(config.train).items() if k not in NOT_IN_MODEL_KEY}
+    train = {k: v for k, v in dataclasses.asdict(config.train).items()
+             if k not in NOT_IN_MODEL_KEY and not (k in KEY_LEFT_OUT_AT and v == KEY_LEFT_OUT_AT[k])}
     key = _key(prepared.name, codes, dataclasses.asdict(config.model), train, *extra_key)
     return CACHE / f"model-{prepared.name}-{config.model.decoder}-{key}"
 

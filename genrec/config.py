@@ -174,6 +174,9 @@ class TrainConfig:
     # Train on each user's latest N positions only (0: all). Long histories (MovieLens) otherwise
     # dominate the cost; the default keeps the pipeline's MovieLens-100k training to a minute or two.
     max_examples_per_user: int = 20
+    # Leave out each user's latest N training positions too (0: none). They then stay unseen, as
+    # feedback after the model's snapshot would be, for RSPO to learn from (rspo.skip_latest=0).
+    skip_latest: int = 0
     # VSL: each example's cross-entropy is weighted by its normalised value; off gives plain CE.
     vsl: bool = True
     # "log1p" (weight = log(1 + value) / mean) or "linear" (value / mean).
@@ -695,9 +698,10 @@ class GenrecConfig:
             raise ConfigError(f"train.value_transform must be log1p or linear, got {train.value_transform!r}")
         if not train.beam_widths or min(train.beam_widths) < 1:
             raise ConfigError("train.beam_widths needs at least one width, each at least 1")
-        if min(train.threads, train.valid_users, train.max_examples_per_user, train.value_head_weight) < 0:
-            raise ConfigError("train.threads, valid_users, max_examples_per_user and value_head_weight "
-                              "must be >= 0")
+        if min(train.threads, train.valid_users, train.max_examples_per_user, train.skip_latest,
+               train.value_head_weight) < 0:
+            raise ConfigError("train.threads, valid_users, max_examples_per_user, skip_latest and "
+                              "value_head_weight must be >= 0")
 
     def _check_sid(self) -> None:
         sid = self.sid

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from genrec.config import GenrecConfig, SidConfig
+from genrec.config import ConfigError, GenrecConfig, SidConfig
 from genrec.data.split import leave_one_out
 from genrec.model.artefact import load_model
 from genrec.sid.codebook import Codebook
@@ -112,6 +112,18 @@ def test_vsl_weights_the_loss(splits, tmp_path: Path) -> None:
     off = Trainer(off_config, data, tmp_path / "off")
     assert np.allclose(off.weights, 1.0) and not np.allclose(on.weights, 1.0)
     assert on.weights.mean() == pytest.approx(1.0)
+
+
+def test_training_data_leaves_out_the_latest_positions(splits) -> None:
+    codebook = tiny_codebook()
+    held_back = TrainingData.from_splits(splits, codebook.item_ids, codebook.codes, codebook.level_sizes,
+                                         tiny_config(skip_latest=1, max_examples_per_user=0))
+    train = splits[splits["split"] == "train"]
+    latest = set(zip(train.groupby("user_id")["item_id"].last().index, train.groupby("user_id")["item_id"].last()))
+    assert len(held_back.train) == len(train) - 2 * train["user_id"].nunique()
+    assert not latest & {(u, f"i{t}") for u, t in zip(held_back.train.users, held_back.train.targets)}
+    with pytest.raises(ConfigError, match="skip_latest"):
+        tiny_config(skip_latest=-1).check()
 
 
 def test_schedule_warms_up_and_ends_at_zero() -> None:

@@ -65,7 +65,8 @@ class TrainingData:
             rng = np.random.default_rng(config.train.seed)
             valid = valid.subset(np.sort(rng.choice(len(valid), config.train.valid_users, replace=False)))
         return cls(np.asarray(item_ids), SidSpace(list(level_sizes), np.asarray(codes, dtype=np.int64)),
-                   training_examples(splits, item_ids, recent, config.train.max_examples_per_user), valid,
+                   training_examples(splits, item_ids, recent, config.train.max_examples_per_user,
+                                     config.train.skip_latest), valid,
                    summaries)
 
 
