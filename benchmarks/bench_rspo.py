@@ -8,6 +8,12 @@ results/rspo_beauty.json used `--set rspo.max_examples_per_user=4 --set rspo.max
 --set rspo.positive_window=5`, the window picked on validation (rspo_sweep_beauty_s4.json): 17 min
 for one seed, RSPO and DPO with the three test evaluations.
 
+results/rspo_movielens.json used `--set train.threads=1 --set rspo.threads=1 --set
+rspo.skip_latest=50 --set rspo.max_examples_per_user=30 --set rspo.positive_window=5 --seeds 4321 1
+2`, about 15 min: RSPO learns from each user's 30 training positions before the latest 50, which
+the VSL model (train.max_examples_per_user=50) never trained on; on those it had memorised, every
+setting lowered Value@10 (rspo_sweep_movielens_*.json against rspo_sweep_movielens_skip*.json).
+
 The VSL models are the ones bench_quality trains (same recipes, same cache under
 ~/.cache/genrec/bench); a missing one is an error unless --allow-train is given, since Beauty's
 takes over half an hour. `--sweep` tries RSPO settings (each a comma-separated list of overrides)

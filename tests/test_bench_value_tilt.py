@@ -1,0 +1,22 @@
+"""The value tilt of bench_value_tilt: a re-ranking of the model's own candidates."""
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.bench_value_tilt import item_values, tilted
+
+
+def test_tilt_reorders_by_log_prob_plus_alpha_log_value() -> None:
+    items = np.array([[0, 1, 2, -1] + [-1] * 8])
+    scores = np.array([[-1.0, -1.5, -3.0, -np.inf] + [-np.inf] * 8])
+    values = np.array([1.0, np.e, np.e ** 4])
+    assert tilted(items, scores, values, 0.0)[0, :4].tolist() == [0, 1, 2, -1]
+    # alpha 1: keys -1, -0.5, 1 -> the most valuable first; padding stays last.
+    assert tilted(items, scores, values, 1.0)[0, :4].tolist() == [2, 1, 0, -1]
+    # alpha 0.25: keys -1, -1.25, -2 -> unchanged order (the tilt is too small to pass anyone).
+    assert tilted(items, scores, values, 0.25)[0, :3].tolist() == [0, 1, 2]
+
+
+def test_item_values_are_medians_per_codebook_row() -> None:
+    splits = pd.DataFrame({"item_id": ["a", "a", "a", "b", "z"], "value": [1.0, 3.0, 10.0, 2.0, 7.0]})
+    assert item_values(splits, np.array(["b", "a", "c"])).tolist() == [2.0, 3.0, 0.0]
