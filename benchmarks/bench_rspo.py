@@ -13,6 +13,9 @@ rspo.skip_latest=50 --set rspo.max_examples_per_user=30 --set rspo.positive_wind
 2`, about 15 min: RSPO learns from each user's 30 training positions before the latest 50, which
 the VSL model (train.max_examples_per_user=50) never trained on; on those it had memorised, every
 setting lowered Value@10 (rspo_sweep_movielens_*.json against rspo_sweep_movielens_skip*.json).
+The same with `--set rspo.kl_weight=0.03`, the best of sweeps J-K on validation, wrote
+rspo_movielens_kl003.json. Neither meets the target on test, though both do on the validation
+mean: the seeds the sweeps picked on gained more value there than the one they never saw.
 
 The VSL models are the ones bench_quality trains (same recipes, same cache under
 ~/.cache/genrec/bench); a missing one is an error unless --allow-train is given, since Beauty's
