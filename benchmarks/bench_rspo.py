@@ -15,7 +15,11 @@ the VSL model (train.max_examples_per_user=50) never trained on; on those it had
 setting lowered Value@10 (rspo_sweep_movielens_*.json against rspo_sweep_movielens_skip*.json).
 The same with `--set rspo.kl_weight=0.03`, the best of sweeps J-K on validation, wrote
 rspo_movielens_kl003.json. Neither meets the target on test, though both do on the validation
-mean: the seeds the sweeps picked on gained more value there than the one they never saw.
+mean: the seeds the sweeps picked on gained more value there than the one they never saw. The first
+command re-run on another host (rspo_movielens_repro.json) trained the same VSL model (identical test
+figures) but not the same fine-tunes: their losses differ from the first logged step, so RSPO is
+bit-reproducible on one host (rspo_movielens_repro_same_host.json) but not across hosts, and there
+it gave Value@10 +1.0%, NDCG@10 -6.5%.
 
 The VSL models are the ones bench_quality trains (same recipes, same cache under
 ~/.cache/genrec/bench); a missing one is an error unless --allow-train is given, since Beauty's
