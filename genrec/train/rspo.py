@@ -26,7 +26,8 @@ Choices (ours, measured in benchmarks/bench_rspo.py):
   leaves out the latest ones VSL trained on (train.max_examples_per_user), or VSL holds its latest
   ones back (train.skip_latest) for RSPO. On positions VSL trained on, its beam finds the MovieLens
   training positive in 24% of lists against a validation Recall@10 of 13%: the preference signal
-  rewards memorisation, and every such setting lowered test Value@10 (rspo_sweep_movielens_*).
+  rewards memorisation. Most such settings lowered validation Value@10 (rspo_sweep_movielens_*),
+  and the one taken to test lost 4.7% there (rspo_movielens.json before commit e7f8772).
   On unseen positions the beam finds it in 12%, as on validation (rspo_sweep_movielens_skip*).
 - Drift guard: KL(pi || pi_ref) over each candidate list, both renormalised on the list, weighted
   by `rspo.kl_weight`. It is cheap (both log-probabilities are computed anyway) and acts exactly
