@@ -19,8 +19,8 @@ rspo_movielens_kl003.json. Neither meets the target on test, though both do on t
 mean: the seeds the sweeps picked on gained more value there than the one they never saw. The first
 command re-run on another host (rspo_movielens_repro.json) trained the same VSL model (identical test
 figures) but not the same fine-tunes: their losses differ from the first logged step, so RSPO is
-bit-reproducible on one host (rspo_movielens_repro_same_host.json) but not across hosts, and there
-it gave Value@10 +1.0%, NDCG@10 -6.5%.
+bit-reproducible on one host (rspo_movielens_repro_same_host.json) but not across hosts. On the
+second host RSPO gave Value@10 +1.0%, NDCG@10 -6.5%.
 
 The VSL models are the ones bench_quality trains (same recipes, same cache under
 ~/.cache/genrec/bench); a missing one is an error unless --allow-train is given, since Beauty's
@@ -51,7 +51,7 @@ from benchmarks.bench_quality import (
 )
 from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
-from genrec.evaluate import evaluate, hit_ranks, ranking_metrics, recommend
+from genrec.evaluate import evaluate, hit_ranks, ranking_metrics, recommend, user_terms
 from genrec.model.artefact import TrainedModel
 from genrec.train.data import evaluation_requests
 from genrec.train.rspo import finetune
@@ -93,18 +93,14 @@ def _valid_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig
 
 def _test(model: TrainedModel, prepared: Prepared, config: GenrecConfig
           ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """genrec.evaluate's test figures (all users, full catalogue) and each user's value@10 and
-    ndcg@10 terms (value, or 1/log2(rank + 2), if the target is in the top 10, else 0), for the
+    """genrec.evaluate's test figures (all users, full catalogue) and each user's @10 terms, for the
     paired bootstrap."""
     recent = model.decoder.config.recent_items
     requests = evaluation_requests(prepared.splits, model.item_ids, recent, "test")
     items, _ = recommend(model.decoder, requests, model.tables, config.train.beam_widths,
                          config.train.top_k, config.train.eval_batch_size)
     figures = ranking_metrics(items, requests.targets, requests.values, model.decoder.item_codes.shape[0])
-    ranks = hit_ranks(items, requests.targets)
-    hit = (ranks >= 0) & (ranks < CUTOFF)
-    return figures, {"value@10": np.where(hit, requests.values, 0.0),
-                     "ndcg@10": np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)}
+    return figures, user_terms(hit_ranks(items, requests.targets), requests.values, CUTOFF)
 
 
 def _bootstrap(new: np.ndarray, old: np.ndarray, seed: int) -> list[float]:

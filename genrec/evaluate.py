@@ -27,17 +27,23 @@ def hit_ranks(recommended: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(found.any(axis=1), found.argmax(axis=1), -1)
 
 
+def user_terms(ranks: np.ndarray, values: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Each user's recall@k, ndcg@k and value@k term (their means are the metrics), kept per user
+    so that benchmarks can bootstrap over users."""
+    hit = (ranks >= 0) & (ranks < k)
+    return {f"recall@{k}": hit.astype(np.float64),
+            f"ndcg@{k}": np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0),
+            f"value@{k}": np.where(hit, values, 0.0)}
+
+
 def ranking_metrics(recommended: np.ndarray, targets: np.ndarray, values: np.ndarray, catalogue_size: int,
                     cutoffs: Sequence[int] = CUTOFFS) -> dict[str, float]:
     ranks = hit_ranks(recommended, targets)
     metrics: dict[str, float] = {"users": float(len(targets))}
     for k in cutoffs:
-        hit = (ranks >= 0) & (ranks < k)
-        gain = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
         shown = recommended[:, :k]
-        metrics[f"recall@{k}"] = float(hit.mean()) if len(hit) else 0.0
-        metrics[f"ndcg@{k}"] = float(gain.mean()) if len(hit) else 0.0
-        metrics[f"value@{k}"] = float((values * hit).mean()) if len(hit) else 0.0
+        for name, terms in user_terms(ranks, values, k).items():
+            metrics[name] = float(terms.mean()) if len(terms) else 0.0
         metrics[f"coverage@{k}"] = float(len(np.unique(shown[shown >= 0])) / max(catalogue_size, 1))
     return metrics
 

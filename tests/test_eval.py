@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genrec.data.split import leave_one_out
-from genrec.evaluate import evaluate, hit_ranks, ranking_metrics, recommend
+from genrec.evaluate import evaluate, hit_ranks, ranking_metrics, recommend, user_terms
 from genrec.model.beam import TrieTables, beam_search
 from genrec.model.decoder import SidDecoder, SidSpace, build_decoder
 from genrec.train.data import ExampleSet, evaluation_requests
@@ -27,6 +27,10 @@ def test_metrics_by_hand() -> None:
     assert m["value@1"] == pytest.approx(1.0 / 4) and m["value@2"] == pytest.approx(3.0 / 4)
     assert m["coverage@1"] == pytest.approx(3 / 20)  # items 1, 5, 2
     assert m["users"] == 4
+    terms = user_terms(hit_ranks(recommended, targets), values, 2)
+    assert terms["value@2"].tolist() == [2.0, 0.0, 1.0, 0.0]
+    assert terms["ndcg@2"].tolist() == pytest.approx([1 / math.log2(3), 0.0, 1.0, 0.0])
+    assert terms["recall@2"].tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
 def _tiny_requests() -> tuple[ExampleSet, SidDecoder, TrieTables, int]:
