@@ -251,6 +251,12 @@ class RspoConfig:
     max_minutes: float = 0.0
     batch_size: int = 64
     max_examples_per_user: int = 1
+    # Offline: the saved policy is the mean of the weights after every step from this fraction of
+    # the run on (0: the last step's weights). At a constant learning rate the last iterate depends
+    # on the last few batches, so the example order (rspo.seed) moves it; averaging the tail iterates
+    # (stochastic weight averaging) damps that. Continual updates keep the last iterate, which the
+    # next update continues from.
+    average_from: float = 0.0
     # Leave out each user's latest `skip_latest` training positions before taking those examples:
     # with it equal to train.max_examples_per_user, RSPO learns from positions the VSL model never
     # trained on, where its beam hits as often as it will on new requests, not where it memorised.
@@ -647,6 +653,9 @@ class GenrecConfig:
                      "max_examples_per_user", "skip_latest", "threads", "valid_users"):
             if getattr(rspo, name) < 0:
                 raise ConfigError(f"rspo.{name} must be non-negative")
+        if not 0 <= rspo.average_from < 1:
+            raise ConfigError(f"rspo.average_from must be in [0, 1) (0.5: average the second half of the "
+                              f"steps; 0: keep the last step's weights), got {rspo.average_from}")
         if not rspo.version_prefix or not rspo.version_prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError("rspo.version_prefix must be letters, digits, - or _ (e.g. v)")
 

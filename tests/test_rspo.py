@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import genrec.train.rspo as rspo_module
 from genrec.cli import app
-from genrec.config import GenrecConfig, RspoConfig
+from genrec.config import ConfigError, GenrecConfig, RspoConfig
 from genrec.data.split import leave_one_out
 from genrec.model.artefact import load_model, save_model
 from genrec.model.decoder import Context, SidSpace, build_decoder
@@ -301,3 +301,30 @@ def test_positive_window_takes_the_next_training_items_of_the_same_user() -> Non
         assert requests.items[rows[0]].tolist() == examples.targets[rows].tolist()
         assert requests.items[rows[-1]].tolist() == [examples.targets[rows[-1]], -1, -1]
         assert requests.rewards[rows[1]].tolist() == [*examples.values[rows[1:]].tolist(), 0.0]
+
+
+def test_tail_average_equals_the_mean_of_the_truncated_runs(served: Path) -> None:
+    """Fast path: one run keeping a running mean. Reference: the same run stopped after each step of
+    the tail (same seed, same order), its weights averaged by hand."""
+    splits = leave_one_out(make_log(users=12, items=30, per_user=6))
+    quiet = {"log": lambda _: None}
+    base = {"max_examples_per_user": 0, "max_steps": 4}
+    averaged = finetune(rspo_config(**base, average_from=0.5), splits, load_model(served), served, **quiet)
+    assert averaged.stats["steps"] == 4 and averaged.stats["averaged_steps"] == 2
+    iterates = [finetune(rspo_config(**{**base, "max_steps": steps}), splits, load_model(served), served,
+                         **quiet).policy.state_dict() for steps in (3, 4)]
+    got = averaged.policy.state_dict()
+    names = [name for name, _ in averaged.policy.named_parameters()]
+    for name in names:
+        torch.testing.assert_close(got[name], (iterates[0][name] + iterates[1][name]) / 2)
+    # Averaging changed something: the mean differs from the last iterate.
+    assert any(not torch.equal(got[name], iterates[1][name]) for name in names)
+    # Buffers (the item codes) are the model's own, not averaged.
+    for name, buffer in averaged.policy.named_buffers():
+        torch.testing.assert_close(buffer, iterates[1][name])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0])
+def test_average_from_out_of_range_names_the_field(bad: float) -> None:
+    with pytest.raises(ConfigError, match=r"rspo\.average_from must be in \[0, 1\)"):
+        rspo_config(average_from=bad)

@@ -406,6 +406,8 @@ def finetune(config: GenrecConfig, splits: pd.DataFrame, model: TrainedModel,
     curve: list[dict[str, float]] = []
     window: list[StepStats] = []
     done = 0
+    tail = TailAverage(trainer.policy, first_step=int(total * rspo.average_from) + 1 if rspo.average_from
+                       else total + 1)
     for epoch in range(rspo.epochs):
         order = np.random.default_rng([rspo.seed, epoch]).permutation(len(requests))
         for start in range(0, len(order), rspo.batch_size):
@@ -413,6 +415,7 @@ def finetune(config: GenrecConfig, splits: pd.DataFrame, model: TrainedModel,
                 break
             window.append(trainer.step(requests.subset(order[start:start + rspo.batch_size])))
             done += 1
+            tail.update(done)
             if on_step is not None:
                 on_step(done, total)
             if done % rspo.log_every == 0 or done == total:
@@ -423,13 +426,42 @@ def finetune(config: GenrecConfig, splits: pd.DataFrame, model: TrainedModel,
                     f"kl {point['kl']:.5f} positive in beam {point['positive_in_beam']:.3f} "
                     f"{point['seconds']:.0f}s")
     seconds = time.perf_counter() - started
+    if tail.count:
+        tail.apply()
+        log(f"policy: the mean of the weights after steps {tail.first_step}-{done} ({tail.count} steps)")
     after = _validate(trainer.policy, valid, config, trainer.tables)
     log("valid subset before -> after: " + " ".join(
         f"{k} {before[k]:.4f}->{after[k]:.4f}" for k in ("recall@10", "ndcg@10", "value@10")))
     stats = {"mode": "offline", "loss": rspo.loss, "steps": done, "train_seconds": seconds,
-             "requests": len(requests), "finished": done == total,
+             "requests": len(requests), "finished": done == total, "averaged_steps": tail.count,
              "valid_before": before, "valid_after": after, "config": dataclasses.asdict(rspo)}
     return RspoResult(trainer.policy, trainer.reference.state_dict(), trainer.state(), curve, stats)
+
+
+class TailAverage:
+    """Running mean of a module's parameters over the steps from `first_step` on."""
+
+    def __init__(self, module: torch.nn.Module, first_step: int) -> None:
+        self.module = module
+        self.first_step = first_step
+        self.count = 0
+        self.mean: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        if step < self.first_step:
+            return
+        self.count += 1
+        for name, parameter in self.module.named_parameters():
+            if name not in self.mean:
+                self.mean[name] = parameter.detach().clone()
+            else:
+                self.mean[name] += (parameter.detach() - self.mean[name]) / self.count
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for name, parameter in self.module.named_parameters():
+            parameter.copy_(self.mean[name])
 
 
 def _mean_stats(window: list[StepStats], step: int, seconds: float) -> dict[str, float]:
@@ -627,6 +659,9 @@ def continual_update(config: GenrecConfig, model_dir: str | Path, feedback: pd.D
     trainer = RspoTrainer(copy.deepcopy(model.decoder), reference_decoder(model, model_dir), rspo, scale,
                           saved, model.decoder.item_codes.device)
     total = trained // rspo.batch_size
+    if rspo.average_from:
+        log(f"rspo.average_from={rspo.average_from} applies to offline fine-tuning only: a continual "
+            "update keeps its last step's weights, which the next update continues from")
     log(f"continual rspo: {len(requests)} requests, {total} steps of {rspo.batch_size}; "
         f"{len(requests) - trained} requests wait for the next update")
     started = time.perf_counter()
