@@ -25,9 +25,13 @@ second host RSPO gave Value@10 +1.0%, NDCG@10 -6.5%.
 rspo_movielens_prereg.json is the one test run of a rule committed beforehand
 (results/rspo_movielens_preregistration.md): the KL weight was picked on validation with the fresh
 seeds 2, 7 and 11, which gave +6.6% / -1.0% there. On test it gave +0.8% / -5.6%. Per seed, the
-validation changes do not predict the test ones. `--sweep rspo.seed=...` with `--set
-rspo.average_from=0.5` (rspo_sweep_<dataset>_avgA.json, against _lastA or the _confirm sweeps)
-measures how much tail averaging narrows the spread between seeds.
+validation changes do not predict the test ones.
+
+`--sweep rspo.seed=...` with `--set rspo.average_from=0.5` (rspo_sweep_<dataset>_avgA.json) measures
+how much tail averaging narrows the spread between seeds. The last iterate is in _lastA and the
+_confirm sweeps. Averaging has been the default since those sweeps, so the result files written
+before it kept the last iterate: to re-run their commands as they ran, add
+`--set rspo.average_from=0`.
 
 The VSL models are the ones bench_quality trains (same recipes, same cache under
 ~/.cache/genrec/bench); a missing one is an error unless --allow-train is given, since Beauty's

@@ -252,11 +252,13 @@ class RspoConfig:
     batch_size: int = 64
     max_examples_per_user: int = 1
     # Offline: the saved policy is the mean of the weights after every step from this fraction of
-    # the run on (0: the last step's weights). At a constant learning rate the last iterate depends
-    # on the last few batches, so the example order (rspo.seed) moves it; averaging the tail iterates
-    # (stochastic weight averaging) damps that. Continual updates keep the last iterate, which the
-    # next update continues from.
-    average_from: float = 0.0
+    # the planned steps on (0: the last step's weights). At a constant learning rate the last
+    # iterate depends on the last few batches, so the example order (rspo.seed) moves it; averaging
+    # the tail (stochastic weight averaging) damps that. On validation, it cut the spread over seeds
+    # on MovieLens by more than half, and it raised both value and NDCG on Beauty (see
+    # genrec/train/rspo.py).
+    # Continual updates ignore it: each keeps its last step's weights, which the next continues from.
+    average_from: float = 0.5
     # Leave out each user's latest `skip_latest` training positions before taking those examples:
     # with it equal to train.max_examples_per_user, RSPO learns from positions the VSL model never
     # trained on, where its beam hits as often as it will on new requests, not where it memorised.

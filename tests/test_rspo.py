@@ -308,8 +308,9 @@ def test_tail_average_equals_the_mean_of_the_truncated_runs(served: Path) -> Non
     the tail (same seed, same order), its weights averaged by hand."""
     splits = leave_one_out(make_log(users=12, items=30, per_user=6))
     quiet = {"log": lambda _: None}
-    base = {"max_examples_per_user": 0, "max_steps": 4}
-    averaged = finetune(rspo_config(**base, average_from=0.5), splits, load_model(served), served, **quiet)
+    base = {"max_examples_per_user": 0, "max_steps": 4, "average_from": 0.0}
+    averaged = finetune(rspo_config(**{**base, "average_from": 0.5}), splits, load_model(served), served,
+                        **quiet)
     assert averaged.stats["steps"] == 4 and averaged.stats["averaged_steps"] == 2
     iterates = [finetune(rspo_config(**{**base, "max_steps": steps}), splits, load_model(served), served,
                          **quiet).policy.state_dict() for steps in (3, 4)]

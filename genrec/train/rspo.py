@@ -30,10 +30,14 @@ Choices (ours, measured in benchmarks/bench_rspo.py):
   and the one taken to test lost 4.7% there (rspo_movielens.json before commit e7f8772).
   On unseen positions the beam finds it in 12%, as on validation (rspo_sweep_movielens_skip*).
 - The seed only orders the examples, yet at a constant learning rate it moves the last iterate a
-  lot: on MovieLens validation, five seeds of one recipe spread Value@10 from -0.1% to +10.2%
-  against VSL (standard deviation 4.3 points). `rspo.average_from=0.5` keeps the mean of the second
-  half's weights instead. That cuts the spread to 1.7 points for value and from 4.0 to 1.8 for NDCG,
-  at the same mean: +6.2% / -1.2% against +7.4% / -0.8% (rspo_sweep_movielens_avgA.json).
+  lot. On MovieLens validation, five seeds of one recipe spread Value@10 from -0.1% to +10.2%
+  against VSL: a standard deviation of 4.2 points, and 4.4 for NDCG@10.
+  - `rspo.average_from=0.5` keeps the mean of the second half's weights instead. That cuts both
+    spreads to 1.8 points or less. The mean moves from +7.3% / -0.2% to +6.2% / -1.2%, a shift
+    inside the old spread (rspo_sweep_movielens_avgA.json against _lastA and _confirm*).
+  - On Beauty validation, averaging gives +2.8% / -0.7% against the last iterate's +1.2% / -1.7%
+    (rspo_sweep_beauty_avgA.json, _lastA).
+  - So averaging is the default.
 - Drift guard: KL(pi || pi_ref) over each candidate list, both renormalised on the list, weighted
   by `rspo.kl_weight`. It is cheap (both log-probabilities are computed anyway) and acts exactly
   where the loss moves probability mass.
@@ -664,9 +668,6 @@ def continual_update(config: GenrecConfig, model_dir: str | Path, feedback: pd.D
     trainer = RspoTrainer(copy.deepcopy(model.decoder), reference_decoder(model, model_dir), rspo, scale,
                           saved, model.decoder.item_codes.device)
     total = trained // rspo.batch_size
-    if rspo.average_from:
-        log(f"rspo.average_from={rspo.average_from} applies to offline fine-tuning only: a continual "
-            "update keeps its last step's weights, which the next update continues from")
     log(f"continual rspo: {len(requests)} requests, {total} steps of {rspo.batch_size}; "
         f"{len(requests) - trained} requests wait for the next update")
     started = time.perf_counter()
