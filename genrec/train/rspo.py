@@ -438,6 +438,9 @@ def finetune(config: GenrecConfig, splits: pd.DataFrame, model: TrainedModel,
     if tail.count:
         tail.apply()
         log(f"policy: the mean of the weights after steps {tail.first_step}-{done} ({tail.count} steps)")
+    elif rspo.average_from:
+        log(f"policy: the last step's weights: the run stopped at step {done}, before averaging was to "
+            f"start at step {tail.first_step} (rspo.max_minutes)")
     after = _validate(trainer.policy, valid, config, trainer.tables)
     log("valid subset before -> after: " + " ".join(
         f"{k} {before[k]:.4f}->{after[k]:.4f}" for k in ("recall@10", "ndcg@10", "value@10")))
