@@ -258,6 +258,8 @@ class RspoConfig:
     # on MovieLens by more than half, and it raised both value and NDCG on Beauty (see
     # genrec/train/rspo.py).
     # Continual updates ignore it: each keeps its last step's weights, which the next continues from.
+    # An update after an averaged offline run starts from the averaged weights, with the Adam moments
+    # that run ended with.
     average_from: float = 0.5
     # Leave out each user's latest `skip_latest` training positions before taking those examples:
     # with it equal to train.max_examples_per_user, RSPO learns from positions the VSL model never
