@@ -134,7 +134,7 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
     prepared = prepare(name, config)
     vsl_model = _cached_model(prepared, config, allow_train)
     vsl, vsl_users = _test(vsl_model, prepared, config)
-    user_terms: dict[str, list[dict[str, np.ndarray]]] = {"VSL+RSPO": [], "VSL+DPO": []}
+    terms_by_label: dict[str, list[dict[str, np.ndarray]]] = {"VSL+RSPO": [], "VSL+DPO": []}
     runs: dict[str, dict[str, Any]] = {}
     tested: dict[str, dict[str, float]] = {"VSL": vsl}
     seeds = seeds or [config.rspo.seed]
@@ -144,7 +144,7 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
             run = config.with_overrides([f"rspo.loss={loss}", f"rspo.seed={seed}"])
             tuned, stats = _tuned(vsl_model, run, prepared)
             figs, users = _test(tuned, prepared, run)
-            user_terms[label].append(users)
+            terms_by_label[label].append(users)
             per_seed[label].append({"seed": seed, **{k: figs[k] for k in KEYS}})
             runs[f"{label} seed {seed}"] = stats
             print(f"[{name}] {label} seed {seed}: " + " ".join(f"{k} {figs[k]:.4f}" for k in HEADLINE),
@@ -161,7 +161,7 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
         **{f"{metric}_change_bootstrap_95": {
             label: _bootstrap(np.mean([terms[metric] for terms in runs_of], axis=0), vsl_users[metric],
                               config.rspo.seed)
-            for label, runs_of in user_terms.items()} for metric in BOOTSTRAPPED},
+            for label, runs_of in terms_by_label.items()} for metric in BOOTSTRAPPED},
         "rspo_seeds": seeds,
         "relative_to_vsl": {label: {k: _relative(figs[k], vsl[k]) for k in HEADLINE}
                             for label, figs in tested.items() if label != "VSL"},
