@@ -49,7 +49,7 @@ import torch
 from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
 from genrec.data.ingest import ingest
-from genrec.data.split import leave_one_out
+from genrec.data.split import drop_latest, leave_one_out
 from genrec.evaluate import evaluate
 from genrec.model.artefact import TrainedModel, load_model
 from genrec.sid.codebook import Codebook, build_codebook
@@ -91,15 +91,20 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare(name: str, config: GenrecConfig) -> Prepared:
-    """Ingest + split + codebook (cached by data set and SidConfig)."""
+def prepare(name: str, config: GenrecConfig, origin: int = 0) -> Prepared:
+    """Ingest + split + codebook (cached by data set and SidConfig). `origin` > 0 leaves each user's
+    latest `origin` interactions out before the split (genrec.data.split.drop_latest), so its test
+    target is an earlier item; the codebook is then built on that split's training rows."""
     config.data.dataset = DATASETS[name]
     config.data.shared_data_dir = str(SHARED)
-    folder = CACHE / f"data-{name}-{_key(dataclasses.asdict(config.data), dataclasses.asdict(config.bids))}"
+    # Origin 0 keeps the key it had before origins existed, so its cached splits and models stay.
+    key = _key(dataclasses.asdict(config.data), dataclasses.asdict(config.bids),
+               *([origin] if origin else []))
+    folder = CACHE / f"data-{name}-{key}"
     if not (folder / "splits.parquet").is_file():
         dataset = ingest(config)
         folder.mkdir(parents=True, exist_ok=True)
-        leave_one_out(dataset.interactions).to_parquet(folder / "splits.parquet")
+        leave_one_out(drop_latest(dataset.interactions, origin)).to_parquet(folder / "splits.parquet")
         dataset.catalogue.to_parquet(folder / "catalogue.parquet")
         (folder / "value_source.txt").write_text(dataset.info.value_source)
     splits = pd.read_parquet(folder / "splits.parquet")

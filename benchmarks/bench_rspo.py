@@ -103,15 +103,16 @@ def _valid_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig
 
 
 def _test(model: TrainedModel, prepared: Prepared, config: GenrecConfig
-          ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """genrec.evaluate's test figures (all users, full catalogue) and each user's @10 terms, for the
-    paired bootstrap."""
+          ) -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]:
+    """genrec.evaluate's test figures (all users, full catalogue), each user's @10 terms, for the
+    paired bootstrap, and the users they belong to."""
     recent = model.decoder.config.recent_items
     requests = evaluation_requests(prepared.splits, model.item_ids, recent, "test")
     items, _ = recommend(model.decoder, requests, model.tables, config.train.beam_widths,
                          config.train.top_k, config.train.eval_batch_size)
     figures = ranking_metrics(items, requests.targets, requests.values, model.decoder.item_codes.shape[0])
-    return figures, user_terms(hit_ranks(items, requests.targets), requests.values, CUTOFF)
+    return (figures, user_terms(hit_ranks(items, requests.targets), requests.values, CUTOFF),
+            np.asarray(requests.users, dtype=str))
 
 
 def _bootstrap(new: np.ndarray, old: np.ndarray, seed: int) -> list[float]:
@@ -127,30 +128,53 @@ def _relative(new: float, old: float) -> float:
     return new / old - 1.0 if old else float("nan")
 
 
-def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int], tag: str = "") -> None:
-    """VSL, VSL+RSPO and VSL+DPO on test; RSPO and DPO once per seed, their figures averaged."""
-    config = run_config(name, overrides)
-    started_load = load_average()
-    prepared = prepare(name, config)
-    vsl_model = _cached_model(prepared, config, allow_train)
-    vsl, vsl_users = _test(vsl_model, prepared, config)
+@dataclasses.dataclass
+class Measured:
+    """VSL, VSL+RSPO and VSL+DPO on one split's test targets: figures averaged over the seeds, and
+    each user's @10 terms (VSL's; RSPO's and DPO's per seed)."""
+
+    tested: dict[str, dict[str, float]]
+    per_seed: dict[str, list[dict[str, float]]]
+    vsl_users: dict[str, np.ndarray]
+    terms_by_label: dict[str, list[dict[str, np.ndarray]]]
+    users: np.ndarray
+    runs: dict[str, dict[str, Any]]
+
+
+def measure(name: str, config: GenrecConfig, prepared: Prepared, vsl_model: TrainedModel,
+            seeds: list[int]) -> Measured:
+    """RSPO and DPO once per seed from `vsl_model`, each tested beside it on the same users."""
+    vsl, vsl_users, users = _test(vsl_model, prepared, config)
     terms_by_label: dict[str, list[dict[str, np.ndarray]]] = {"VSL+RSPO": [], "VSL+DPO": []}
     runs: dict[str, dict[str, Any]] = {}
     tested: dict[str, dict[str, float]] = {"VSL": vsl}
-    seeds = seeds or [config.rspo.seed]
     per_seed: dict[str, list[dict[str, float]]] = {"VSL+RSPO": [], "VSL+DPO": []}
     for seed in seeds:
         for loss, label in (("rspo", "VSL+RSPO"), ("dpo", "VSL+DPO")):
             run = config.with_overrides([f"rspo.loss={loss}", f"rspo.seed={seed}"])
             tuned, stats = _tuned(vsl_model, run, prepared)
-            figs, users = _test(tuned, prepared, run)
-            terms_by_label[label].append(users)
+            figs, user_figs, _ = _test(tuned, prepared, run)
+            terms_by_label[label].append(user_figs)
             per_seed[label].append({"seed": seed, **{k: figs[k] for k in KEYS}})
             runs[f"{label} seed {seed}"] = stats
             print(f"[{name}] {label} seed {seed}: " + " ".join(f"{k} {figs[k]:.4f}" for k in HEADLINE),
                   flush=True)
     for label, rows in per_seed.items():
         tested[label] = {k: float(np.mean([row[k] for row in rows])) for k in KEYS}
+    return Measured(tested, per_seed, vsl_users, terms_by_label, users, runs)
+
+
+def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int], tag: str = "") -> None:
+    """VSL, VSL+RSPO and VSL+DPO on test; RSPO and DPO once per seed, their figures averaged."""
+    config = run_config(name, overrides)
+    started_load = load_average()
+    prepared = prepare(name, config)
+    vsl_model = _cached_model(prepared, config, allow_train)
+    seeds = seeds or [config.rspo.seed]
+    measured = measure(name, config, prepared, vsl_model, seeds)
+    tested, per_seed, terms_by_label, runs = (measured.tested, measured.per_seed, measured.terms_by_label,
+                                              measured.runs)
+    vsl, vsl_users = tested["VSL"], measured.vsl_users
     figures: dict[str, Any] = {
         "dataset": DATASETS[name],
         "protocol": "leave-one-out; test target of all users; history train+valid; full catalogue; "
@@ -197,6 +221,107 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
     save_result(f"rspo_{name}" + (f"_{tag}" if tag else ""), figures, plot)
 
 
+def _per_user_totals(terms: list[tuple[np.ndarray, np.ndarray]], users: np.ndarray) -> np.ndarray:
+    """Each of `users`' terms summed over the origins ((user ids, terms) per origin); 0 where a user
+    has no target at an origin."""
+    index = {user: i for i, user in enumerate(users)}
+    totals = np.zeros(len(users))
+    for ids, values in terms:
+        np.add.at(totals, [index[user] for user in ids], values)
+    return totals
+
+
+def origins(name: str, overrides: list[str], origin_list: list[int], allow_train: bool, seeds: list[int],
+            tag: str = "") -> None:
+    """The comparison of `compare` at several split origins: origin k leaves each user's latest k
+    interactions out before the leave-one-out split, so its test target is the item k places before
+    the last, with its own VSL model (trained if missing, with --allow-train) and fine-tunes. The
+    pooled change is over every (origin, user) test target; its bootstrap resamples users, each with
+    all their origins, since one user's targets are not independent."""
+    config = run_config(name, overrides)
+    started_load = load_average()
+    seeds = seeds or [config.rspo.seed]
+    measured: dict[int, Measured] = {}
+    for origin in origin_list:
+        print(f"[{name}] origin {origin}: each user's latest {origin} interactions left out", flush=True)
+        prepared = prepare(name, config, origin)
+        vsl_model = _cached_model(prepared, config, allow_train)
+        measured[origin] = measure(name, config, prepared, vsl_model, seeds)
+    labels = ("VSL+RSPO", "VSL+DPO")
+    all_users = np.unique(np.concatenate([m.users for m in measured.values()]))
+
+    def totals(metric: str, label: str) -> np.ndarray:
+        if label == "VSL":
+            return _per_user_totals([(m.users, m.vsl_users[metric]) for m in measured.values()], all_users)
+        return _per_user_totals([(m.users, np.mean([t[metric] for t in m.terms_by_label[label]], axis=0))
+                                 for m in measured.values()], all_users)
+
+    targets = sum(len(m.users) for m in measured.values())
+    pooled = {label: {metric: float(totals(metric, label).sum() / targets) for metric in HEADLINE}
+              for label in ("VSL", *labels)}
+    relative = {label: {k: _relative(pooled[label][k], pooled["VSL"][k]) for k in HEADLINE}
+                for label in labels}
+    figures: dict[str, Any] = {
+        "dataset": DATASETS[name],
+        "protocol": "leave-one-out at several origins (origin k: each user's latest k interactions left out "
+                    "first); test target of all users at each; history train+valid; full catalogue; "
+                    "RSPO/DPO trained on each origin's train rows only",
+        "origins": origin_list,
+        "test_targets": targets,
+        "users": len(all_users),
+        "pooled": pooled,
+        "pooled_relative_to_vsl": relative,
+        **{f"pooled_{metric}_change_bootstrap_95": {
+            label: _bootstrap(totals(metric, label), totals(metric, "VSL"), config.rspo.seed)
+            for label in labels} for metric in BOOTSTRAPPED},
+        "target": {"value@10_gain_at_least": TARGET_VALUE_GAIN, "ndcg@10_loss_at_most": TARGET_NDCG_LOSS},
+        "pooled_target_met": {label: relative[label]["value@10"] >= TARGET_VALUE_GAIN
+                              and relative[label]["ndcg@10"] >= -TARGET_NDCG_LOSS for label in labels},
+        "per_origin": {str(origin): {
+            "test": {label: {k: figs[k] for k in KEYS} for label, figs in m.tested.items()},
+            "test_per_seed": m.per_seed,
+            "relative_to_vsl": {label: {k: _relative(m.tested[label][k], m.tested["VSL"][k])
+                                        for k in HEADLINE} for label in labels},
+            **{f"{metric}_change_bootstrap_95": {
+                label: _bootstrap(np.mean([t[metric] for t in m.terms_by_label[label]], axis=0),
+                                  m.vsl_users[metric], config.rspo.seed) for label in labels}
+               for metric in BOOTSTRAPPED},
+            "runs": {label: {k: v for k, v in stats.items() if k not in ("config", "curve")}
+                     for label, stats in m.runs.items()},
+        } for origin, m in measured.items()},
+        "rspo_seeds": seeds,
+        "rspo_config": dataclasses.asdict(config.rspo),
+        "seeds": {"rspo": seeds, "vsl_train": config.train.seed, "sid": config.sid.seed,
+                  "bids": config.bids.seed},
+        "config_overrides": overrides,
+        "load_average_start_end": [started_load, load_average()],
+        "torch_threads": torch.get_num_threads(),
+    }
+
+    def plot() -> plt.Figure:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        names = [f"origin {o}" for o in origin_list] + ["pooled"]
+        for ax, metric in zip(axes, BOOTSTRAPPED):
+            for offset, label, colour in ((-0.2, "VSL+RSPO", "#36c"), (0.2, "VSL+DPO", "#c63")):
+                changes = [100 * figures["per_origin"][str(o)]["relative_to_vsl"][label][metric]
+                           for o in origin_list] + [100 * relative[label][metric]]
+                low, high = figures[f"pooled_{metric}_change_bootstrap_95"][label]
+                errors = [[0] * len(origin_list) + [changes[-1] - 100 * low],
+                          [0] * len(origin_list) + [100 * high - changes[-1]]]
+                ax.bar(np.arange(len(names)) + offset, changes, 0.4, yerr=errors, color=colour, label=label)
+            ax.axhline(100 * (TARGET_VALUE_GAIN if metric == "value@10" else -TARGET_NDCG_LOSS),
+                       color="#666", linestyle="--", linewidth=1, label="target")
+            ax.set_xticks(np.arange(len(names)), names, fontsize=8)
+            ax.set_ylabel(f"test {metric} change vs VSL (%)")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{DATASETS[name]}: {targets} test targets over origins {origin_list}, seeds {seeds} "
+                     "(pooled 95% bootstrap over users)")
+        fig.tight_layout()
+        return fig
+
+    save_result(f"rspo_{name}_origins" + (f"_{tag}" if tag else ""), figures, plot)
+
+
 def sweep(name: str, overrides: list[str], variants: list[str], allow_train: bool, tag: str = "") -> None:
     """RSPO only, one run per variant; validation figures (all users) for picking settings. The
     result is rewritten after every variant, so a long sweep that is stopped keeps what it measured."""
@@ -240,6 +365,9 @@ def main() -> None:
                         help="RSPO/DPO seeds (example order); figures are their mean (default: rspo.seed)")
     parser.add_argument("--tag", default="", help="suffix of the result name (rspo_<dataset>_<tag>.json): "
                         "a variant that must not replace the reference figures")
+    parser.add_argument("--origins", nargs="+", type=int, default=[], metavar="K",
+                        help="test at these split origins too (K: each user's latest K interactions left "
+                        "out first) and pool them: rspo_<dataset>_origins.json")
     parser.add_argument("--allow-train", action="store_true", help="train a missing VSL model into the cache")
     args = parser.parse_args()
     for name in args.datasets:
@@ -248,6 +376,8 @@ def main() -> None:
             continue
         if args.sweep:
             sweep(name, args.set, args.sweep, args.allow_train, args.tag)
+        elif args.origins:
+            origins(name, args.set, args.origins, args.allow_train, args.seeds, args.tag)
         else:
             compare(name, args.set, args.allow_train, args.seeds, args.tag)
 

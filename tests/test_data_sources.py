@@ -8,7 +8,7 @@ from genrec.config import BidConfig, DataConfig, GenrecConfig
 from genrec.data.bids import attach_values, simulate_item_bids
 from genrec.data.schema import CATALOGUE, INTERACTIONS, ContractError
 from genrec.data.sources import SourceError, load_source
-from genrec.data.split import leave_one_out
+from genrec.data.split import drop_latest, leave_one_out
 
 
 def _config(dataset: str, **kwargs) -> DataConfig:
@@ -93,6 +93,19 @@ def test_leave_one_out() -> None:
     frame = pd.DataFrame({"user_id": ["a"] * 4 + ["b"] * 3, "item_id": list("wxyzpqr")})
     split = leave_one_out(frame)
     assert split["split"].tolist() == ["train", "train", "valid", "test", "train", "valid", "test"]
+
+
+def test_drop_latest_moves_the_split_origin_back() -> None:
+    frame = pd.DataFrame({"user_id": ["a"] * 5 + ["b"] * 4, "item_id": list("vwxyzpqrs")})
+    earlier = leave_one_out(drop_latest(frame, 1))
+    # a keeps v..y (test y); b keeps p..r, three rows, the fewest that still leave a training row.
+    assert earlier["item_id"].tolist() == list("vwxypqr")
+    assert earlier["split"].tolist() == ["train", "train", "valid", "test", "train", "valid", "test"]
+    # b would keep two rows at count 2, so it goes entirely.
+    assert drop_latest(frame, 2)["item_id"].tolist() == list("vwx")
+    assert drop_latest(frame, 0).equals(frame)
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        drop_latest(frame, -1)
 
 
 @pytest.mark.shared_data

@@ -19,6 +19,21 @@ def leave_one_out(interactions: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def drop_latest(interactions: pd.DataFrame, count: int, keep_at_least: int = 3) -> pd.DataFrame:
+    """Each user's latest `count` interactions left out (rows in time order within each user), so
+    that a leave-one-out split of the rest has an earlier origin: its test target is the item
+    `count` places before the last. Users left with fewer than `keep_at_least` rows go entirely, as
+    their split would have no training row. Evaluating several origins multiplies the test targets
+    of a data set whose users are few."""
+    if count < 0:
+        raise ValueError(f"drop_latest count must be >= 0, got {count}")
+    out = interactions.reset_index(drop=True)
+    position_from_end = out.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+    kept = out[position_from_end >= count]
+    sizes = kept.groupby("user_id", sort=False)["user_id"].transform("size").to_numpy()
+    return kept[sizes >= keep_at_least].reset_index(drop=True)
+
+
 def split_frames(interactions: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The interactions each stage may see: train; train+valid (to predict the valid target)."""
     if SPLIT_COLUMN not in interactions.columns:
