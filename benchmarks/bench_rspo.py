@@ -109,12 +109,12 @@ def _valid_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig
                     config.train.eval_batch_size)
 
 
-def _test(model: TrainedModel, prepared: Prepared, config: GenrecConfig
+def _test(model: TrainedModel, prepared: Prepared, config: GenrecConfig, split: str = "test"
           ) -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]:
-    """genrec.evaluate's test figures (all users, full catalogue), each user's @10 terms, for the
-    paired bootstrap, and the users they belong to."""
+    """genrec.evaluate's figures on a split's targets (all users, full catalogue), each user's @10
+    terms, for the paired bootstrap, and the users they belong to."""
     recent = model.decoder.config.recent_items
-    requests = evaluation_requests(prepared.splits, model.item_ids, recent, "test")
+    requests = evaluation_requests(prepared.splits, model.item_ids, recent, split)
     items, _ = recommend(model.decoder, requests, model.tables, config.train.beam_widths,
                          config.train.top_k, config.train.eval_batch_size)
     figures = ranking_metrics(items, requests.targets, requests.values, model.decoder.item_codes.shape[0])
@@ -361,6 +361,61 @@ def sweep(name: str, overrides: list[str], variants: list[str], allow_train: boo
                      "config_overrides": overrides}, plot)
 
 
+def sweep_origins(name: str, overrides: list[str], variants: list[str], origin_list: list[int],
+                  allow_train: bool, tag: str = "") -> None:
+    """`sweep` at several origins: each variant's VALIDATION change, pooled over every (origin,
+    user) validation target, with its bootstrap over users. Origin k's validation target is the
+    item k+1 places before the last, so origins 2.. pick settings on targets that origin 0's
+    validation (where the earlier sweeps picked) and test never score."""
+    config = run_config(name, overrides)
+    started = {origin: prepare(name, config, origin) for origin in origin_list}
+    models = {origin: _cached_model(prepared, config, allow_train) for origin, prepared in started.items()}
+    baseline = {origin: _test(models[origin], started[origin], config, "valid") for origin in origin_list}
+    all_users = np.unique(np.concatenate([users for _, _, users in baseline.values()]))
+
+    def totals(per_origin: dict[int, tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]],
+               metric: str) -> np.ndarray:
+        return _per_user_totals([(users, terms[metric]) for _, terms, users in per_origin.values()],
+                                all_users)
+
+    targets = sum(len(users) for _, _, users in baseline.values())
+    vsl = {metric: float(totals(baseline, metric).sum() / targets) for metric in HEADLINE}
+    rows: list[dict[str, Any]] = [{"variant": "VSL", **vsl}]
+
+    def plot() -> plt.Figure:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for row in rows[1:]:
+            ax.scatter(100 * row["relative_to_vsl"]["ndcg@10"], 100 * row["relative_to_vsl"]["value@10"],
+                       label=row["variant"])
+        ax.axhline(100 * TARGET_VALUE_GAIN, color="#666", linestyle="--", linewidth=1)
+        ax.axvline(-100 * TARGET_NDCG_LOSS, color="#666", linestyle="--", linewidth=1)
+        ax.set_xlabel(f"valid NDCG@10 change vs VSL (%), pooled over origins {origin_list}")
+        ax.set_ylabel("valid Value@10 change vs VSL (%)")
+        ax.legend(fontsize=6)
+        return fig
+
+    for variant in variants:
+        run = config.with_overrides([v for v in variant.split(",") if v])
+        tuned = {}
+        for origin in origin_list:
+            model, _ = _tuned(models[origin], run, started[origin])
+            tuned[origin] = _test(model, started[origin], run, "valid")
+        pooled = {metric: float(totals(tuned, metric).sum() / targets) for metric in HEADLINE}
+        rows.append({"variant": variant, **pooled,
+                     "relative_to_vsl": {k: _relative(pooled[k], vsl[k]) for k in HEADLINE},
+                     **{f"{metric}_change_bootstrap_95": _bootstrap(
+                         totals(tuned, metric), totals(baseline, metric), config.rspo.seed)
+                        for metric in BOOTSTRAPPED},
+                     "per_origin": {str(origin): {k: _relative(figs[k], baseline[origin][0][k])
+                                                  for k in HEADLINE}
+                                    for origin, (figs, _, _) in tuned.items()}})
+        print(rows[-1], flush=True)
+        save_result(f"rspo_sweep_{name}_origins" + (f"_{tag}" if tag else ""),
+                    {"dataset": DATASETS[name],
+                     "split": f"valid (all users) at origins {origin_list}, pooled",
+                     "validation_targets": targets, "rows": rows, "config_overrides": overrides}, plot)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -381,7 +436,9 @@ def main() -> None:
         if name != "movielens" and not SHARED.is_dir():
             print(f"skipping {name}: {SHARED} is absent")
             continue
-        if args.sweep:
+        if args.sweep and args.origins:
+            sweep_origins(name, args.set, args.sweep, args.origins, args.allow_train, args.tag)
+        elif args.sweep:
             sweep(name, args.set, args.sweep, args.allow_train, args.tag)
         elif args.origins:
             origins(name, args.set, args.origins, args.allow_train, args.seeds, args.tag)
