@@ -109,7 +109,7 @@ def _valid_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig
                     config.train.eval_batch_size)
 
 
-def _test(model: TrainedModel, prepared: Prepared, config: GenrecConfig, split: str = "test"
+def _scored(model: TrainedModel, prepared: Prepared, config: GenrecConfig, split: str = "test"
           ) -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]:
     """genrec.evaluate's figures on a split's targets (all users, full catalogue), each user's @10
     terms, for the paired bootstrap, and the users they belong to."""
@@ -151,7 +151,7 @@ class Measured:
 def measure(name: str, config: GenrecConfig, prepared: Prepared, vsl_model: TrainedModel,
             seeds: list[int]) -> Measured:
     """RSPO and DPO once per seed from `vsl_model`, each tested beside it on the same users."""
-    vsl, vsl_users, users = _test(vsl_model, prepared, config)
+    vsl, vsl_users, users = _scored(vsl_model, prepared, config)
     terms_by_label: dict[str, list[dict[str, np.ndarray]]] = {"VSL+RSPO": [], "VSL+DPO": []}
     runs: dict[str, dict[str, Any]] = {}
     tested: dict[str, dict[str, float]] = {"VSL": vsl}
@@ -160,7 +160,7 @@ def measure(name: str, config: GenrecConfig, prepared: Prepared, vsl_model: Trai
         for loss, label in (("rspo", "VSL+RSPO"), ("dpo", "VSL+DPO")):
             run = config.with_overrides([f"rspo.loss={loss}", f"rspo.seed={seed}"])
             tuned, stats = _tuned(vsl_model, run, prepared)
-            figs, user_figs, _ = _test(tuned, prepared, run)
+            figs, user_figs, _ = _scored(tuned, prepared, run)
             terms_by_label[label].append(user_figs)
             per_seed[label].append({"seed": seed, **{k: figs[k] for k in KEYS}})
             runs[f"{label} seed {seed}"] = stats
@@ -370,7 +370,7 @@ def sweep_origins(name: str, overrides: list[str], variants: list[str], origin_l
     config = run_config(name, overrides)
     started = {origin: prepare(name, config, origin) for origin in origin_list}
     models = {origin: _cached_model(prepared, config, allow_train) for origin, prepared in started.items()}
-    baseline = {origin: _test(models[origin], started[origin], config, "valid") for origin in origin_list}
+    baseline = {origin: _scored(models[origin], started[origin], config, "valid") for origin in origin_list}
     all_users = np.unique(np.concatenate([users for _, _, users in baseline.values()]))
 
     def totals(per_origin: dict[int, tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]],
@@ -399,7 +399,7 @@ def sweep_origins(name: str, overrides: list[str], variants: list[str], origin_l
         tuned = {}
         for origin in origin_list:
             model, _ = _tuned(models[origin], run, started[origin])
-            tuned[origin] = _test(model, started[origin], run, "valid")
+            tuned[origin] = _scored(model, started[origin], run, "valid")
         pooled = {metric: float(totals(tuned, metric).sum() / targets) for metric in HEADLINE}
         rows.append({"variant": variant, **pooled,
                      "relative_to_vsl": {k: _relative(pooled[k], vsl[k]) for k in HEADLINE},
