@@ -38,7 +38,10 @@ before it kept the last iterate: to re-run their commands as they ran, add
 split, so its test target is the item k places before the last. Each origin gets its own codebook, VSL
 model (--allow-train) and fine-tunes. With seven origins MovieLens has 6,601 test targets instead of
 943, which narrows the interval of the value change by about 2.6 times if the origins are independent.
-Rule 3 of rspo_movielens_preregistration.md fixes the run and how it is read.
+Rule 3 of rspo_movielens_preregistration.md fixes the run and how it is read. With `--sweep`,
+`--origins 2 3 4 5 6 7` pools each variant's VALIDATION change over those origins
+(rspo_sweep_<dataset>_origins_<tag>.json). No earlier choice used their validation targets, so that
+is where MovieLens settings are picked from now on, not on origin 0's validation.
 
 The VSL models are the ones bench_quality trains (same recipes, same cache under
 ~/.cache/genrec/bench); a missing one is an error unless --allow-train is given, since Beauty's
