@@ -104,7 +104,8 @@ def prepare(name: str, config: GenrecConfig, origin: int = 0) -> Prepared:
     if not (folder / "splits.parquet").is_file():
         dataset = ingest(config)
         folder.mkdir(parents=True, exist_ok=True)
-        leave_one_out(drop_latest(dataset.interactions, origin)).to_parquet(folder / "splits.parquet")
+        interactions = drop_latest(dataset.interactions, origin) if origin else dataset.interactions
+        leave_one_out(interactions).to_parquet(folder / "splits.parquet")
         dataset.catalogue.to_parquet(folder / "catalogue.parquet")
         (folder / "value_source.txt").write_text(dataset.info.value_source)
     splits = pd.read_parquet(folder / "splits.parquet")

@@ -371,9 +371,10 @@ def sweep_origins(name: str, overrides: list[str], variants: list[str], origin_l
     item k+1 places before the last, so origins 2.. pick settings on targets that origin 0's
     validation (where the earlier sweeps picked) and test never score."""
     config = run_config(name, overrides)
-    started = {origin: prepare(name, config, origin) for origin in origin_list}
-    models = {origin: _cached_model(prepared, config, allow_train) for origin, prepared in started.items()}
-    baseline = {origin: _scored(models[origin], started[origin], config, "valid") for origin in origin_list}
+    prepared_at = {origin: prepare(name, config, origin) for origin in origin_list}
+    models = {origin: _cached_model(prepared_at[origin], config, allow_train) for origin in origin_list}
+    baseline = {origin: _scored(models[origin], prepared_at[origin], config, "valid")
+                for origin in origin_list}
     all_users = np.unique(np.concatenate([users for _, _, users in baseline.values()]))
 
     def totals(per_origin: dict[int, tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]],
@@ -401,8 +402,8 @@ def sweep_origins(name: str, overrides: list[str], variants: list[str], origin_l
         run = config.with_overrides([v for v in variant.split(",") if v])
         tuned = {}
         for origin in origin_list:
-            model, _ = _tuned(models[origin], run, started[origin])
-            tuned[origin] = _scored(model, started[origin], run, "valid")
+            model, _ = _tuned(models[origin], run, prepared_at[origin])
+            tuned[origin] = _scored(model, prepared_at[origin], run, "valid")
         pooled = {metric: float(totals(tuned, metric).sum() / targets) for metric in HEADLINE}
         rows.append({"variant": variant, **pooled,
                      "relative_to_vsl": {k: _relative(pooled[k], vsl[k]) for k in HEADLINE},
@@ -435,6 +436,8 @@ def main() -> None:
                         "out first) and pool them: rspo_<dataset>_origins.json")
     parser.add_argument("--allow-train", action="store_true", help="train a missing VSL model into the cache")
     args = parser.parse_args()
+    if any(origin < 0 for origin in args.origins):
+        parser.error(f"--origins must be >= 0 (interactions left out per user), got {args.origins}")
     for name in args.datasets:
         if name != "movielens" and not SHARED.is_dir():
             print(f"skipping {name}: {SHARED} is absent")
