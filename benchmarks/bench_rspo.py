@@ -150,6 +150,12 @@ class Measured:
     users: np.ndarray
     runs: dict[str, dict[str, Any]]
 
+    def terms(self, label: str, metric: str) -> np.ndarray:
+        """Each user's term of `metric`: VSL's, or the mean over seeds of a fine-tune's."""
+        if label == "VSL":
+            return self.vsl_users[metric]
+        return np.mean([terms[metric] for terms in self.terms_by_label[label]], axis=0)
+
 
 def measure(name: str, config: GenrecConfig, prepared: Prepared, vsl_model: TrainedModel,
             seeds: list[int]) -> Measured:
@@ -184,7 +190,7 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
     measured = measure(name, config, prepared, vsl_model, seeds)
     tested, per_seed, terms_by_label, runs = (measured.tested, measured.per_seed, measured.terms_by_label,
                                               measured.runs)
-    vsl, vsl_users = tested["VSL"], measured.vsl_users
+    vsl = tested["VSL"]
     figures: dict[str, Any] = {
         "dataset": DATASETS[name],
         "protocol": "leave-one-out; test target of all users; history train+valid; full catalogue; "
@@ -193,9 +199,8 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
         "test_per_seed": per_seed,
         # Users are few and values heavy-tailed: this is how far each figure moves by chance.
         **{f"{metric}_change_bootstrap_95": {
-            label: _bootstrap(np.mean([terms[metric] for terms in runs_of], axis=0), vsl_users[metric],
-                              config.rspo.seed)
-            for label, runs_of in terms_by_label.items()} for metric in BOOTSTRAPPED},
+            label: _bootstrap(measured.terms(label, metric), measured.terms("VSL", metric), config.rspo.seed)
+            for label in terms_by_label} for metric in BOOTSTRAPPED},
         "rspo_seeds": seeds,
         "relative_to_vsl": {label: {k: _relative(figs[k], vsl[k]) for k in HEADLINE}
                             for label, figs in tested.items() if label != "VSL"},
@@ -261,10 +266,7 @@ def origins(name: str, overrides: list[str], origin_list: list[int], allow_train
     all_users = np.unique(np.concatenate([m.users for m in measured.values()]))
 
     def totals(metric: str, label: str) -> np.ndarray:
-        if label == "VSL":
-            return _per_user_totals([(m.users, m.vsl_users[metric]) for m in measured.values()], all_users)
-        return _per_user_totals([(m.users, np.mean([t[metric] for t in m.terms_by_label[label]], axis=0))
-                                 for m in measured.values()], all_users)
+        return _per_user_totals([(m.users, m.terms(label, metric)) for m in measured.values()], all_users)
 
     targets = sum(len(m.users) for m in measured.values())
     pooled = {label: {metric: float(totals(metric, label).sum() / targets) for metric in HEADLINE}
@@ -293,8 +295,8 @@ def origins(name: str, overrides: list[str], origin_list: list[int], allow_train
             "relative_to_vsl": {label: {k: _relative(m.tested[label][k], m.tested["VSL"][k])
                                         for k in HEADLINE} for label in labels},
             **{f"{metric}_change_bootstrap_95": {
-                label: _bootstrap(np.mean([t[metric] for t in m.terms_by_label[label]], axis=0),
-                                  m.vsl_users[metric], config.rspo.seed) for label in labels}
+                label: _bootstrap(m.terms(label, metric), m.terms("VSL", metric), config.rspo.seed)
+                for label in labels}
                for metric in BOOTSTRAPPED},
             "runs": {label: {k: v for k, v in stats.items() if k not in ("config", "curve")}
                      for label, stats in m.runs.items()},
