@@ -72,7 +72,7 @@ from benchmarks.bench_quality import (
 )
 from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
-from genrec.evaluate import evaluate, hit_ranks, ranking_metrics, recommend, user_terms
+from genrec.evaluate import hit_ranks, ranking_metrics, recommend, user_terms
 from genrec.model.artefact import TrainedModel
 from genrec.train.data import evaluation_requests
 from genrec.train.rspo import finetune
@@ -105,15 +105,8 @@ def _tuned(model: TrainedModel, config: GenrecConfig, prepared: Prepared
     return tuned, {**result.stats, "curve": result.curve}
 
 
-def _valid_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig) -> dict[str, float]:
-    recent = model.decoder.config.recent_items
-    requests = evaluation_requests(prepared.splits, model.item_ids, recent, "valid")
-    return evaluate(model.decoder, requests, model.tables, config.train.beam_widths, config.train.top_k,
-                    config.train.eval_batch_size)
-
-
 def _scored(model: TrainedModel, prepared: Prepared, config: GenrecConfig, split: str = "test"
-          ) -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]:
+            ) -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]:
     """genrec.evaluate's figures on a split's targets (all users, full catalogue), each user's @10
     terms, for the paired bootstrap, and the users they belong to."""
     recent = model.decoder.config.recent_items
@@ -340,8 +333,8 @@ def sweep(name: str, overrides: list[str], variants: list[str], allow_train: boo
     config = run_config(name, overrides)
     prepared = prepare(name, config)
     vsl_model = _cached_model(prepared, config, allow_train)
-    rows: list[dict[str, Any]] = [{"variant": "VSL", **{k: v for k, v in _valid_figures(
-        vsl_model, prepared, config).items() if k in KEYS}}]
+    rows: list[dict[str, Any]] = [{"variant": "VSL", **{k: v for k, v in _scored(
+        vsl_model, prepared, config, "valid")[0].items() if k in KEYS}}]
     print(rows[-1], flush=True)
 
     def plot() -> plt.Figure:
@@ -356,7 +349,7 @@ def sweep(name: str, overrides: list[str], variants: list[str], allow_train: boo
     for variant in variants:
         run = config.with_overrides([v for v in variant.split(",") if v])
         tuned, stats = _tuned(vsl_model, run, prepared)
-        figures = _valid_figures(tuned, prepared, run)
+        figures, _, _ = _scored(tuned, prepared, run, "valid")
         rows.append({"variant": variant, **{k: figures[k] for k in KEYS},
                      "relative_to_vsl": {k: _relative(figures[k], rows[0][k]) for k in HEADLINE},
                      "steps": stats["steps"], "train_seconds": stats["train_seconds"]})
