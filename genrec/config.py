@@ -447,6 +447,9 @@ class ServingConfig:
 
     model_name: str = "genrec"
     http_port: int = 8080
+    # gRPC (the v2 protocol over HTTP/2) is off unless switched on. On, it binds the same host as
+    # HTTP, on grpc_port, with the same limits, deadline and metrics.
+    grpc: bool = False
     grpc_port: int = 8081
     # Rungs of per-level beam widths, cheapest first; a shorter list repeats its last width.
     beam_ladder: list[list[int]] = field(default_factory=lambda: [[4], [8], [16], [32]])
@@ -457,6 +460,29 @@ class ServingConfig:
     max_recent_items: int = 200
     max_body_bytes: int = 65536
     max_instances_per_request: int = 64
+    # No request body nests lists and objects deeper than this (genrec's own requests need 4).
+    max_json_depth: int = 10
+    # HTTP connection bounds, enforced before any route sees a request: the request line and headers
+    # together, the number of headers, and how long a client may take to send its headers (from the
+    # first byte, or from connecting) and then its body. Past them: 431, 408, and the connection
+    # closes. 32 KB of headers holds a large bearer token and a service mesh's tracing headers.
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    # Idle keep-alive connections close after this; above the usual 60 s of cloud load balancers, so
+    # the balancer, not the server, closes first.
+    keep_alive_seconds: int = 65
+    # Open connections beyond this are answered 503 at once.
+    max_connections: int = 2048
+    # No predict answer later than this after the request arrived: a 503 with Retry-After instead.
+    request_timeout_ms: float = 5000.0
+    # On SIGTERM, requests in flight get this long to finish; below the pod's
+    # terminationGracePeriodSeconds (30), so the process ends on its own before the kubelet kills it.
+    shutdown_grace_seconds: int = 20
+    # A decode batch running longer than this means a stuck decode thread (a hung GPU, say):
+    # /v2/health/live then fails, and the kubelet restarts the pod.
+    decode_stall_seconds: float = 30.0
     # Dynamic batching across concurrent requests.
     max_batch_size: int = 32
     max_batch_wait_ms: float = 2.0
@@ -464,13 +490,24 @@ class ServingConfig:
     # decode. Its client has likely given up, and decoding it anyway would keep the server busy with
     # dead work long after an overload ends. 0 never sheds.
     max_queue_ms: float = 2000.0
-    # The local guard steps one rung down at once when in-flight requests pass this bound.
+    # The local guard steps one rung down at once when in-flight requests pass this bound, and climbs
+    # back one rung (never above the rung the controller or the default set) each time in-flight
+    # requests stayed at or below guard_recover_fraction of the bound for guard_recover_seconds.
     inflight_guard: int = 64
+    guard_recover_fraction: float = 0.5
+    guard_recover_seconds: float = 10.0
     # The admin endpoint (beam policy updates) needs `Authorization: Bearer <token>`; the token is
     # read from this environment variable (a Kubernetes Secret in a cluster).
     admin_token_env: str = "GENREC_ADMIN_TOKEN"
     # Feast online reads slower than this count as unavailable and fall back to history only.
     feature_timeout_ms: float = 50.0
+    # When no read reached the store for this long, a probe read keeps its health (the metric
+    # genrec_feature_store_up and the readiness detail) current, also for a model that reads no
+    # summaries.
+    feature_probe_seconds: float = 15.0
+    # Client errors (4xx) log one WARNING line each, at most this many a minute; the rest are counted
+    # and the count is logged with the next line let through.
+    client_error_logs_per_minute: int = 60
     # Never recommend an item the request's recent_items already hold (all of them, not only the
     # last R the model reads). Off by default, as the published evaluation protocol ranks them too.
     exclude_history: bool = False
@@ -618,6 +655,7 @@ class GenrecConfig:
                 f"controller.safe_rung={self.controller.safe_rung} must name a rung of serving.beam_ladder "
                 f"(0..{len(self.serving.beam_ladder) - 1})"
             )
+        self._check_serving()
         if self.serving.exclude_history and self.serving.dare:
             raise ConfigError("serving.exclude_history is not wired into DARE's drafting yet: turn off "
                               "serving.dare or serving.exclude_history")
@@ -637,6 +675,30 @@ class GenrecConfig:
         self._check_model_train()
         self._check_rspo()
         self._check_pipeline_deploy()
+
+    def _check_serving(self) -> None:
+        serving = self.serving
+        for name in ("max_top_k", "max_recent_items", "max_body_bytes", "max_instances_per_request",
+                     "max_json_depth", "max_header_bytes", "max_headers", "keep_alive_seconds",
+                     "max_connections", "max_batch_size", "inflight_guard", "client_error_logs_per_minute",
+                     "shutdown_grace_seconds"):
+            if getattr(serving, name) < 1:
+                raise ConfigError(f"serving.{name} must be at least 1")
+        for name in ("header_timeout_seconds", "body_timeout_seconds", "request_timeout_ms",
+                     "decode_stall_seconds", "guard_recover_seconds", "feature_timeout_ms",
+                     "feature_probe_seconds"):
+            if not getattr(serving, name) > 0:
+                raise ConfigError(f"serving.{name} must be positive")
+        if not 0 <= serving.guard_recover_fraction < 1:
+            raise ConfigError("serving.guard_recover_fraction must be in [0, 1): the guard climbs back only "
+                              "once in-flight requests are below its bound")
+        if serving.max_json_depth < 4:
+            raise ConfigError("serving.max_json_depth must be at least 4: a v1 or v2 request nests 4 deep")
+        for name in ("http_port", "grpc_port"):
+            if not 0 < getattr(serving, name) < 65536:
+                raise ConfigError(f"serving.{name} must be a TCP port, 1..65535")
+        if serving.grpc and serving.grpc_port == serving.http_port:
+            raise ConfigError("serving.grpc_port must differ from serving.http_port")
 
     def _check_rspo(self) -> None:
         rspo = self.rspo

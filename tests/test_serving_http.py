@@ -125,7 +125,7 @@ def test_bad_input_is_a_4xx_with_a_message(server: ServerHandle, case: str) -> N
 
 def test_error_messages_name_the_problem(server: ServerHandle) -> None:
     expectations = {"k too large": "1..50", "unknown items": "nope", "beam policy too wide": "exceeds",
-                    "missing k": "'k'", "empty history": "empty", "malformed JSON": "Unrecognized"}
+                    "missing k": "'k'", "empty history": "empty", "malformed JSON": "not valid JSON"}
     for case, fragment in expectations.items():
         assert fragment in predict(server, BAD_BODIES[case]).json()["error"], case
 
@@ -245,7 +245,7 @@ def test_requests_queued_past_the_bound_are_shed_with_503() -> None:
     """Load shedding: under overload a request that waited past serving.max_queue_ms gets a 503 with
     Retry-After instead of a decode nobody is waiting for; the ones within the bound still decode."""
     from genrec.serving.batching import DynamicBatcher, Overloaded
-    from genrec.serving.server import overloaded
+    from genrec.serving.routes import guarded
 
     def slow_decode(items: list[int]) -> list[int]:
         time.sleep(0.3)
@@ -269,5 +269,10 @@ def test_requests_queued_past_the_bound_are_shed_with_503() -> None:
     first, second, third = asyncio.run(scenario())
     assert first == [10] and third == [30]
     assert isinstance(second, Overloaded) and "serving.max_queue_ms=100" in str(second)
-    response = asyncio.run(overloaded(None, second))
+
+    async def shed(_: object) -> object:
+        raise second
+
+    response = asyncio.run(guarded(shed)(None))  # type: ignore[arg-type]
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert "serving.max_queue_ms" in json.loads(response.body)["error"]

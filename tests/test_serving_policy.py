@@ -38,12 +38,35 @@ def test_ladder_rejects_bad_config(rungs, default, match) -> None:
 
 def test_request_policy_may_not_exceed_widest_rung() -> None:
     rungs = ladder()
-    assert rungs.check_request_policy([32, 16]).widths == (32, 16)
+    assert rungs.check_request_policy([32, 16], levels=3).widths == (32, 16)
     with pytest.raises(PolicyError, match=r"beam_policy\[1\]=33"):
-        rungs.check_request_policy([8, 33])
+        rungs.check_request_policy([8, 33], levels=3)
     for bad in ([], [0], [True], ["8"]):
         with pytest.raises(PolicyError):
-            rungs.check_request_policy(bad)
+            rungs.check_request_policy(bad, levels=3)
+
+
+def test_request_policy_longer_than_the_levels_is_refused_at_once() -> None:
+    """One width per semantic-ID level at most. A 16,000-width policy used to take a minute (the
+    bound per width was recomputed from the whole policy); now its length is refused before any
+    width is read."""
+    import time
+
+    rungs = ladder()
+    assert rungs.check_request_policy([8, 8, 8], levels=3).widths == (8, 8, 8)
+    with pytest.raises(PolicyError, match="4 widths but the model has 3 semantic-ID levels"):
+        rungs.check_request_policy([8, 8, 8, 8], levels=3)
+    started = time.perf_counter()
+    with pytest.raises(PolicyError, match="16000 widths"):
+        rungs.check_request_policy([1] * 16000, levels=3)
+    assert time.perf_counter() - started < 0.01
+
+
+def test_width_bound_is_the_widest_rung_repeated() -> None:
+    rungs = ladder()  # widest rung [32, 32]
+    assert [rungs.width_bound(level) for level in range(4)] == [32, 32, 32, 32]
+    narrow_tail = BeamLadder.from_config([[4], [16, 8]], default_rung=0, max_width=64)
+    assert [narrow_tail.width_bound(level) for level in range(3)] == [16, 8, 8]
 
 
 def test_config_checks_the_ladder() -> None:

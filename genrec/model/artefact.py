@@ -97,23 +97,76 @@ def save_model(folder: str | Path, decoder: SidDecoder, item_ids: np.ndarray,
 
 
 def load_model(folder: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
+    """The model in `folder`. Every part that is missing, empty, truncated or inconsistent is a
+    `ModelArtefactError` of one line: which file, what is wrong with it, what to do."""
     folder = Path(folder)
-    if not (folder / MANIFEST_FILE).is_file() or not (folder / MODEL_FILE).is_file():
-        raise ModelArtefactError(f"{folder} is not a model folder: {MANIFEST_FILE} or {MODEL_FILE} is "
-                                 "missing (pass the `model` output of train_generator)")
-    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest = _read_json(folder / MANIFEST_FILE, dict)
     if manifest.get("format") != FORMAT_VERSION:
-        raise ModelArtefactError(f"{folder} has model format {manifest.get('format')}; this genrec reads "
-                                 f"{FORMAT_VERSION}: retrain")
-    config = GenrecConfig.from_dict({"model": manifest["model_config"]}).model
-    state = torch.load(folder / MODEL_FILE, map_location=device, weights_only=True)
-    space = SidSpace(manifest["level_sizes"], state["item_codes"].cpu().numpy())
-    decoder = _decoder_for(config, manifest["decoder"], space, manifest["summary_dim"],
-                           manifest["value_head"])
-    decoder.load_state_dict(state)
+        raise ModelArtefactError(f"{folder / MANIFEST_FILE}: model format {manifest.get('format')!r}; this "
+                                 f"genrec reads format {FORMAT_VERSION}: retrain with this version")
+    missing = [key for key in ("model_config", "decoder", "level_sizes", "summary_dim", "value_head")
+               if key not in manifest]
+    if missing:
+        raise ModelArtefactError(f"{folder / MANIFEST_FILE} lacks {', '.join(missing)}: the file is damaged; "
+                                 "copy the model folder again or retrain")
+    try:
+        config = GenrecConfig.from_dict({"model": manifest["model_config"]}).model
+    except ValueError as exc:
+        raise ModelArtefactError(f"{folder / MANIFEST_FILE}: model_config is not valid ({exc}): retrain "
+                                 "with this genrec version") from exc
+    state = _read_state(folder / MODEL_FILE, device)
+    items = _read_json(folder / ITEMS_FILE, list)
+    codes = state["item_codes"]
+    if len(items) != int(codes.shape[0]) or not all(isinstance(i, str) for i in items):
+        raise ModelArtefactError(f"{folder / ITEMS_FILE} must list one item id string per item of "
+                                 f"{MODEL_FILE} ({int(codes.shape[0])}); it has {len(items)} entries: the "
+                                 "folder mixes two models; copy it again or retrain")
+    try:
+        space = SidSpace(manifest["level_sizes"], codes.cpu().numpy())
+        decoder = _decoder_for(config, manifest["decoder"], space, manifest["summary_dim"],
+                               manifest["value_head"])
+        decoder.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelArtefactError(f"{folder / MODEL_FILE} does not match {MANIFEST_FILE} ({first}): the "
+                                 "folder mixes two models or was edited; copy it again or retrain") from exc
     decoder.to(device).eval()
-    items = json.loads((folder / ITEMS_FILE).read_text())
     return TrainedModel(decoder, np.asarray(items), manifest)
+
+
+def _read_json(path: Path, kind: type) -> Any:
+    if not path.is_file():
+        raise ModelArtefactError(f"{path} is missing: {path.parent} is not a complete model folder (pass "
+                                 "the `model` output of train_generator)")
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelArtefactError(f"{path} is not valid JSON ({str(exc)[:120]}): the file is damaged or "
+                                 "truncated; copy the model folder again or retrain") from exc
+    if not isinstance(value, kind):
+        raise ModelArtefactError(f"{path} must hold a JSON {'object' if kind is dict else 'list'}: the file "
+                                 "is damaged; copy the model folder again or retrain")
+    return value
+
+
+def _read_state(path: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelArtefactError(f"{path} is missing: {path.parent} is not a complete model folder (pass "
+                                 "the `model` output of train_generator)")
+    if path.stat().st_size == 0:
+        raise ModelArtefactError(f"{path} is empty (0 bytes): the copy was cut short; copy the model "
+                                 "folder again or retrain")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file; all mean that
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ModelArtefactError(f"{path} cannot be read as a PyTorch state dict ({type(exc).__name__}"
+                                 f"{': ' + first if first else ''}): the file is damaged or truncated; copy "
+                                 "the model folder again or retrain") from exc
+    if not isinstance(state, dict) or "item_codes" not in state:
+        raise ModelArtefactError(f"{path} is not a genrec decoder state dict (no item_codes): pass the "
+                                 "`model` output of train_generator")
+    return state
 
 
 def _decoder_for(config: ModelConfig, kind: str, space: SidSpace, summary_dim: int, value_head: bool

@@ -35,6 +35,10 @@ class DynamicBatcher(Generic[T, R]):
         self.max_wait = max(0.0, max_batch_wait_ms) / 1000.0
         self.max_queue = max(0.0, max_queue_ms) / 1000.0
         self.shed = 0
+        # When the batch now decoding started (monotonic seconds), None while idle: the liveness
+        # check tells a stuck decode thread from a busy one by it.
+        self.busy_since: float | None = None
+        self.closed = False
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="genrec-decode")
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R], float]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +92,7 @@ class DynamicBatcher(Generic[T, R]):
                 live.append((item, future))
             if not live:
                 continue
+            self.busy_since = time.monotonic()
             try:
                 results = await loop.run_in_executor(self._executor, self.process, [i for i, _ in live])
             except Exception as exc:  # noqa: BLE001 - the requests get the error, the collector lives on
@@ -95,11 +100,19 @@ class DynamicBatcher(Generic[T, R]):
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            finally:
+                self.busy_since = None
             for (_, future), result in zip(live, results):
                 if not future.done():
                     future.set_result(result)
 
+    def stalled_for(self) -> float:
+        """Seconds the batch now decoding has run (0 when idle)."""
+        started = self.busy_since
+        return 0.0 if started is None else time.monotonic() - started
+
     def close(self) -> None:
+        self.closed = True
         if self._task is not None:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -17,9 +17,10 @@ def serve(
     overrides: list[str] = typer.Option(None, "--set", help="Override a config field: section.key=value."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 in a container)."),
     http_port: int = typer.Option(None, "--http-port", help="HTTP port (default serving.http_port)."),
-    grpc_port: int = typer.Option(None, "--grpc-port",
-                                  help="gRPC port (default serving.grpc_port); with --no-grpc, none."),
-    grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve the v2 gRPC protocol."),
+    grpc_port: int = typer.Option(None, "--grpc-port", help="gRPC port (default serving.grpc_port)."),
+    grpc: bool = typer.Option(None, "--grpc/--no-grpc",
+                              help="Also serve the v2 gRPC protocol, on the same host "
+                                   "(default serving.grpc: off)."),
     history: Path = typer.Option(None, "--history",
                                  help="Interactions file (parquet/csv) to build the DARE pool from."),
     threads: int = typer.Option(None, "--threads",
@@ -29,11 +30,12 @@ def serve(
                                     help="Log a line per request (KServe trace and uvicorn access logs)."),
 ) -> None:
     """Serve a trained model with KServe: v1/v2 predict, /admin/beam-policy, /metrics."""
-    import logging
     import os
 
     import torch
 
+    from genrec.features.repo import FeatureRepoError
+    from genrec.model.artefact import ModelArtefactError
     from genrec.serving.speculative import PoolError
 
     try:
@@ -52,11 +54,12 @@ def serve(
     from genrec.serving.model import GenerativeRecommender, ModelSourceError
     from genrec.serving.server import serve as run_server
 
-    logging.getLogger("genrec.serving").setLevel(logging.INFO)
     model = GenerativeRecommender(cfg.serving.model_name, model_dir, cfg, feature_repo, history, device)
+    use_grpc = cfg.serving.grpc if grpc is None else grpc
     try:
         run_server(model, host, http_port or cfg.serving.http_port,
-                   (grpc_port or cfg.serving.grpc_port) if grpc else None, access_log)
-    except (ModelSourceError, PoolError, ValueError) as exc:
+                   (grpc_port or cfg.serving.grpc_port) if use_grpc else None, access_log)
+    except (ModelSourceError, ModelArtefactError, PoolError, FeatureRepoError, ValueError, OSError) as exc:
+        # One line: which file or setting, what is wrong, what to do (the exception says all three).
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -38,6 +38,12 @@ from genrec.serving.speculative import RetrievalPool, cluster_of_requests, dare_
 
 log = logging.getLogger("genrec.serving")
 
+# The user id of warm-up and probe reads: one nobody has, so the read exercises the store only.
+WARMUP_KEY = "__genrec_warmup__"
+# A probe runs off the request path (in the housekeeping thread) and may take this long; it shares
+# the Feast thread with request reads, which time out on their own bound meanwhile.
+PROBE_TIMEOUT_SECONDS = 5.0
+
 
 @dataclass
 class Recommendation:
@@ -58,28 +64,42 @@ class SummaryFetcher:
     """Reads users' newest summaries from the Feast online store, giving up after `timeout_ms`.
 
     Reads run in one dedicated thread (Feast's sqlite store keeps per-thread connections); a read
-    that times out is left to finish there while requests go on without summaries."""
+    that times out is left to finish there while requests go on without summaries.
 
-    def __init__(self, repo_path: str | Path, timeout_ms: float) -> None:
+    The store's health is the outcome of the last read (or probe): the gauge genrec_feature_store_up
+    and `status()`, which readiness reports. `probe_if_idle` reads a key nobody has when no read
+    happened for `probe_seconds`, so the health stays current when no request reads summaries."""
+
+    def __init__(self, repo_path: str | Path, timeout_ms: float, probe_seconds: float) -> None:
         from genrec.features.repo import FeatureRepo
 
         self.repo = FeatureRepo.open(repo_path)
         self.timeout = timeout_ms / 1000.0
+        self.probe_seconds = probe_seconds
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="genrec-feast")
+        self.up: bool | None = None
+        self.error = ""
+        self._checked = time.monotonic()
 
     def _read(self, users: list[str]) -> dict[str, np.ndarray | None]:
         from genrec.features.read import online_summaries
 
         return online_summaries(self.repo, users)
 
+    def _mark(self, error: str = "") -> None:
+        self.up, self.error, self._checked = not error, error, time.monotonic()
+        m.FEATURE_STORE_UP.set(0 if error else 1)
+
     def warm_up(self, timeout_s: float) -> tuple[int, int] | None:
         """Opens the store (registry, connections) before the first request; the shape of a stored
         summary if the read worked and found one."""
         try:
-            found = self._executor.submit(self._read, ["__genrec_warmup__"]).result(timeout=timeout_s)
+            found = self._executor.submit(self._read, [WARMUP_KEY]).result(timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001 - a store that is down at start is served without
-            log.warning("Feast online store not reachable at start (%s): serving history-only", exc)
+            self._fail("warm-up", 1, exc)
+            log.warning("Feast online store not reachable at start (%s): serving history-only", self.error)
             return None
+        self._mark()
         value = next(iter(found.values()))
         return None if value is None else (int(value.shape[0]), int(value.shape[1]))
 
@@ -87,13 +107,39 @@ class SummaryFetcher:
         """Summary (or None) per user; None for the whole call when the store failed or was slow."""
         started = time.perf_counter()
         try:
-            return self._executor.submit(self._read, users).result(timeout=self.timeout)
+            found = self._executor.submit(self._read, users).result(timeout=self.timeout)
         except Exception as exc:  # noqa: BLE001 - any store failure degrades to history-only
-            m.FEAST_ERRORS.inc()
-            log.warning("Feast online read failed for %d users (%s: %s)", len(users), type(exc).__name__, exc)
+            self._fail("read", len(users), exc)
             return None
         finally:
             m.FEATURE_FETCH_SECONDS.observe(time.perf_counter() - started)
+        self._mark()
+        return found
+
+    def _fail(self, what: str, users: int, exc: BaseException) -> None:
+        m.FEAST_ERRORS.inc()
+        reason = "timed out" if isinstance(exc, concurrent.futures.TimeoutError) else \
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        self._mark(f"online {what} failed: {reason}")
+        log.warning("Feast online %s failed for %d users (%s)", what, users, reason)
+
+    def probe_if_idle(self) -> None:
+        if time.monotonic() - self._checked < self.probe_seconds:
+            return
+        try:
+            self._executor.submit(self._read, [WARMUP_KEY]).result(timeout=PROBE_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - a failed probe is the health it reports
+            self._fail("probe", 1, exc)
+            return
+        self._mark()
+
+    def status(self) -> dict[str, Any]:
+        state = "unknown" if self.up is None else "up" if self.up else "down"
+        out: dict[str, Any] = {"status": state,
+                               "checked_seconds_ago": round(time.monotonic() - self._checked, 1)}
+        if self.error:
+            out["error"] = self.error
+        return out
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,8 +1,8 @@
 """The predictor's Prometheus instruments, created once per process in the default registry.
 
-KServe's ModelServer serves the default `prometheus_client.REGISTRY` at `GET /metrics` on the HTTP
-port, so registering here is all it takes to export them. Names come from `genrec.serving.metrics`;
-labels are small fixed sets (never a user or item id).
+`GET /metrics` on the HTTP port serves the default `prometheus_client.REGISTRY` without the series of
+servers this process does not run (`exported`), so registering here is all it takes to export them.
+Names come from `genrec.serving.metrics`; labels are small fixed sets (never a user or item id).
 """
 
 from __future__ import annotations
@@ -36,10 +36,39 @@ DECODER_PASSES = Counter(names.DECODER_PASSES, "Per-beam decoder passes (beam st
 FEAST_MISSES = Counter(names.FEAST_MISSES, "Users served without a stored summary.", ["reason"])
 FEAST_ERRORS = Counter(names.FEAST_ERRORS, "Feast online reads that failed or timed out.")
 FALLBACKS = Counter(names.FALLBACKS, "Requests served from a reduced context.", ["kind"])
+FEATURE_STORE_UP = Gauge(names.FEATURE_STORE_UP, "1 when the last Feast online read or probe worked, 0 when "
+                         "it failed (absent without a feature repo).")
+HTTP_RESPONSES = Counter(names.HTTP_RESPONSES, "HTTP responses by route and status class.",
+                         ["route", "status"])
+CONNECTION_REJECTIONS = Counter(names.CONNECTION_REJECTIONS,
+                                "Requests refused by the HTTP connection bounds, before any route.",
+                                ["reason"])
 
-for _code in ("ok", "client_error", "server_error"):
+for _code in ("ok", "client_error", "overloaded", "server_error"):
     REQUESTS.labels(code=_code)
+for _reason in ("header_too_large", "header_timeout", "body_timeout", "bad_http"):
+    CONNECTION_REJECTIONS.labels(reason=_reason)
 for _reason in ("unknown_user", "unavailable"):
     FEAST_MISSES.labels(reason=_reason)
 for _kind in ("history_only", "popular"):
     FALLBACKS.labels(kind=_kind)
+
+
+# Metric families registered in this process by libraries whose servers it does not run: Feast
+# registers its feature server's series (feast_feature_server_*) when imported.
+FOREIGN_PREFIXES = ("feast_",)
+
+
+class ExportedRegistry:
+    """The default registry minus the foreign families, as `prometheus_client` exposition wants it
+    (anything with `collect()`)."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client import REGISTRY
+
+        for family in REGISTRY.collect():
+            if not family.name.startswith(FOREIGN_PREFIXES):
+                yield family
+
+
+exported = ExportedRegistry()

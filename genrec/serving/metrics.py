@@ -21,6 +21,11 @@ DECODER_PASSES = "genrec_decoder_passes_total"  # counter
 FEAST_MISSES = "genrec_feast_misses_total"  # counter, label reason: unknown_user | unavailable
 FEAST_ERRORS = "genrec_feast_errors_total"  # counter
 FALLBACKS = "genrec_context_fallbacks_total"  # counter, label kind: history_only | popular
+FEATURE_STORE_UP = "genrec_feature_store_up"  # gauge: 1 the last read or probe worked, 0 it failed
+# counter, labels route (inference | health | metadata | admin | metrics | other) and status (2xx | 4xx | 5xx)
+HTTP_RESPONSES = "genrec_http_responses_total"
+# counter, label reason: header_too_large | header_timeout | body_timeout | bad_http; refused before any route
+CONNECTION_REJECTIONS = "genrec_connection_rejections_total"
 
 # Controller
 # counter, label action: up | down | hold | fallback

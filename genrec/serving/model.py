@@ -4,15 +4,22 @@
 from the codes) from `model_dir`, which is a local path or a `file://` URI. In a cluster KServe's
 storage initializer downloads `storageUri` (gs://, s3://, pvc://, https://) into `/mnt/models`
 before the container starts, so the predictor always sees a local folder; genrec itself never
-downloads.
+downloads. A missing or damaged part is one `ModelArtefactError` line naming the file.
 
-`predict()` takes v1 (`{"instances": [...]}`) and v2 / Open Inference Protocol requests (see
-`genrec.serving.requests` for both shapes), validates them (a bad request is HTTP 400 with a message
-naming the field), and hands the instances to the dynamic batcher.
+Requests arrive validated (`genrec.serving.requests`, `genrec.serving.v2`) as `Instance`s;
+`recommend` refuses unknown items, hands the instances to the dynamic batcher and answers within
+`serving.request_timeout_ms` or raises `Overloaded` (a 503 with Retry-After).
+
+Health, as the probes and the readiness detail report it:
+
+- live: the event loop answers, and no decode batch has run past `serving.decode_stall_seconds`;
+- ready: the model is loaded and its decode worker is running; the feature store's state is a
+  detail (a store that is down degrades answers to history-only, it does not stop them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,22 +28,27 @@ from urllib.parse import urlparse
 import numpy as np
 
 from genrec.config import GenrecConfig
+from genrec.serving import v2
 from genrec.serving._kserve import import_kserve
 from genrec.serving.admin import PolicyState
-from genrec.serving.batching import DynamicBatcher
+from genrec.serving.batching import DynamicBatcher, Overloaded
 from genrec.serving.engine import Recommendation, ServingEngine, SummaryFetcher
+from genrec.serving.housekeeping import Housekeeper
 from genrec.serving.policy import BeamLadder
-from genrec.serving.requests import Instance, RequestError, parse_v1, parse_v2
+from genrec.serving.requests import Instance, RequestError, RequestRules, parse_v1
 from genrec.serving.speculative import POOL_FILE, PoolError, RetrievalPool, pool_from_histories
 
 kserve = import_kserve()
-from kserve.errors import InvalidInput  # noqa: E402
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
 
 log = logging.getLogger("genrec.serving")
 
 # Seconds the Feast warm-up read may take at start (opening the registry is slower than a read).
 FEAST_WARMUP_SECONDS = 30.0
+# The v2 outputs, their datatypes, and their shapes with -1 for sizes a request decides (B and K).
+V2_INPUTS = (("user_id", "BYTES", [-1]), ("recent_items", "BYTES", [-1, -1]), ("k", "INT64", [-1]),
+             ("beam_policy", "INT64", [-1, -1]))
+V2_OUTPUTS = (("item_ids", "BYTES"), ("scores", "FP32"), ("sids", "INT64"))
+OUTPUT_NAMES = tuple(name for name, _ in V2_OUTPUTS)
 
 
 class ModelSourceError(ValueError):
@@ -69,23 +81,33 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
         self.device = device
         self.ladder = BeamLadder.from_config(self.serving.beam_ladder, self.serving.default_rung,
                                              self.serving.max_beam_width)
-        self.state = PolicyState(self.ladder, self.serving.inflight_guard)
-        self.engine: ServingEngine | None = None
+        self.state = PolicyState(self.ladder, self.serving.inflight_guard,
+                                 self.serving.guard_recover_fraction, self.serving.guard_recover_seconds)
+        # Not `engine`: KServe's ModelServer reads a truthy `model.engine` as "start an engine task".
+        self.serving_engine: ServingEngine | None = None
         self.batcher: DynamicBatcher[Instance, Recommendation] | None = None
+        self.fetcher: SummaryFetcher | None = None
+        self.rules: RequestRules | None = None
+        self.housekeeper: Housekeeper | None = None
 
     def load(self) -> bool:
         from genrec.model.artefact import load_model
 
         folder = resolve_model_dir(self.model_dir)
         model = load_model(folder, self.device)
-        fetcher, shape = None, None
+        shape = None
         if self.feature_repo is not None:
-            fetcher = SummaryFetcher(self.feature_repo, self.serving.feature_timeout_ms)
-            shape = fetcher.warm_up(FEAST_WARMUP_SECONDS)
+            self.fetcher = SummaryFetcher(self.feature_repo, self.serving.feature_timeout_ms,
+                                          self.serving.feature_probe_seconds)
+            shape = self.fetcher.warm_up(FEAST_WARMUP_SECONDS)
         pool = self._pool(model, folder) if self.serving.dare else None
-        self.engine = ServingEngine(model, self.serving, self.state, fetcher, pool, shape)
-        self.batcher = DynamicBatcher(self.engine.decode, self.serving.max_batch_size,
+        self.serving_engine = ServingEngine(model, self.serving, self.state, self.fetcher, pool, shape)
+        self.batcher = DynamicBatcher(self.serving_engine.decode, self.serving.max_batch_size,
                                       self.serving.max_batch_wait_ms, self.serving.max_queue_ms)
+        self.rules = RequestRules(self.serving, self.ladder, self.serving_engine.decoder.levels)
+        chores = [self.state.tick] + ([self.fetcher.probe_if_idle] if self.fetcher is not None else [])
+        self.housekeeper = Housekeeper(chores)
+        self.housekeeper.start()
         self.ready = True
         return self.ready
 
@@ -106,46 +128,46 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
                             "its history, or switch serving.dare off")
         return build_pool_from_file(model, source, self.config)
 
-    # -- KServe handlers ------------------------------------------------------------------------------
+    # -- serving ---------------------------------------------------------------------------------------
+
+    def request_rules(self) -> RequestRules:
+        if self.rules is None:
+            raise NotReady("the model is not loaded")
+        return self.rules
+
+    async def recommend(self, instances: list[Instance]) -> list[Recommendation]:
+        """Answers for validated instances, within `serving.request_timeout_ms`."""
+        if self.serving_engine is None or self.batcher is None or not self.ready or self.batcher.closed:
+            raise NotReady("the model is not loaded (or is shutting down): retry on another replica")
+        unknown = self.serving_engine.unknown_items(instances)
+        if unknown:
+            shown = ", ".join(u[:40] for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise RequestError(f"recent_items holds {len(unknown)} item id(s) this model does not know: "
+                               f"{shown}")
+        timeout = self.serving.request_timeout_ms / 1000.0
+        try:
+            return await asyncio.wait_for(self.batcher.submit_many(instances), timeout)
+        except TimeoutError as exc:
+            raise Overloaded(f"no answer within serving.request_timeout_ms={timeout * 1000:.0f}: the "
+                             "server is overloaded, retry") from exc
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
-        if self.engine is None or self.batcher is None:
-            raise RuntimeError("the model is not loaded")
-        v2 = isinstance(payload, InferRequest)
-        try:
-            instances = self._parse_v2(payload) if v2 else parse_v1(payload, self.serving, self.ladder)
-        except RequestError as exc:
-            raise InvalidInput(str(exc)) from exc
-        unknown = self.engine.unknown_items(instances)
-        if unknown:
-            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise InvalidInput(f"recent_items holds {len(unknown)} item id(s) this model does not know: "
-                               f"{shown}")
-        answers = await self.batcher.submit_many(instances)
-        if v2:
-            return self._v2_response(payload, answers)
+        """KServe's model API for a v1 body (`{"instances": [...]}`) -> `{"predictions": [...]}`."""
+        instances = parse_v1(payload, self.request_rules())
+        answers = await self.recommend(instances)
         return {"predictions": [a.to_json(i.user_id) for a, i in zip(answers, instances)]}
 
-    def _parse_v2(self, request: Any) -> list[Instance]:
-        tensors = []
-        for tensor in request.inputs:
-            data = tensor.data
-            if not isinstance(data, list):
-                try:
-                    data = tensor.as_numpy().ravel().tolist()
-                except Exception as exc:  # noqa: BLE001 - any undecodable tensor is the client's
-                    raise RequestError(f"input {tensor.name!r} cannot be read: {exc}") from exc
-            shape = tensor.shape
-            if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-                raise RequestError(f"input {tensor.name!r} has an invalid shape {shape!r}")
-            if int(np.prod(shape)) != len(data):
-                raise RequestError(f"input {tensor.name!r}: shape {shape} does not match {len(data)} values")
-            tensors.append((tensor.name, shape, data))
-        return parse_v2(tensors, self.serving, self.ladder)
+    async def infer(self, request: v2.InferRequest) -> list[v2.OutputTensor]:
+        """The v2 outputs for a decoded v2 request (the requested ones are picked when encoding)."""
+        from genrec.serving.requests import parse_v2
 
-    def _v2_response(self, request: Any, answers: list[Recommendation]) -> Any:
+        request.selected(OUTPUT_NAMES)  # an unknown output name is a 400 before any decoding
+        answers = await self.recommend(parse_v2(request.inputs, self.request_rules()))
+        return self.v2_outputs(answers)
+
+    def v2_outputs(self, answers: list[Recommendation]) -> list[v2.OutputTensor]:
         k = max((len(a.item_ids) for a in answers), default=0)
-        levels = self.engine.decoder.levels if self.engine is not None else 0
+        levels = self.rules.levels if self.rules is not None else 0
         ids = np.full((len(answers), k), "", dtype=object)
         scores = np.zeros((len(answers), k), dtype=np.float32)
         sids = np.full((len(answers), k, levels), -1, dtype=np.int64)
@@ -155,19 +177,55 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
             scores[row, :n] = answer.scores
             if n:
                 sids[row, :n] = np.asarray(answer.sids)
-        outputs = []
-        for name, array, datatype in (("item_ids", ids, "BYTES"), ("scores", scores, "FP32"),
-                                      ("sids", sids, "INT64")):
-            output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
-            output.set_data_from_numpy(array, binary_data=False)
-            outputs.append(output)
-        return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs)
+        arrays = {"item_ids": ids, "scores": scores, "sids": sids}
+        return [v2.OutputTensor(name, datatype, arrays[name]) for name, datatype in V2_OUTPUTS]
+
+    def v2_metadata(self) -> dict[str, Any]:
+        """The Open Inference Protocol's model metadata: the real inputs and outputs."""
+        levels = self.rules.levels if self.rules is not None else -1
+        output_shapes = {"item_ids": [-1, -1], "scores": [-1, -1], "sids": [-1, -1, levels]}
+        return {
+            "name": self.name, "versions": [], "platform": "pytorch",
+            "inputs": [{"name": n, "datatype": d, "shape": s} for n, d, s in V2_INPUTS],
+            "outputs": [{"name": n, "datatype": d, "shape": output_shapes[n]} for n, d in V2_OUTPUTS],
+        }
+
+    # -- health ---------------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready?, detail): ready when loaded and the decode worker runs."""
+        detail: dict[str, Any] = {"model": self.name}
+        problem = ""
+        if not self.ready or self.serving_engine is None or self.batcher is None:
+            problem = "the model is not loaded"
+        elif self.batcher.closed:
+            problem = "the decode worker is stopped (the server is shutting down)"
+        detail["feature_store"] = self.fetcher.status() if self.fetcher is not None else {"status": "none"}
+        if problem:
+            detail["error"] = problem
+        return not problem, detail
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """(live?, detail): not live when one decode batch has run past serving.decode_stall_seconds."""
+        stalled = self.batcher.stalled_for() if self.batcher is not None else 0.0
+        if stalled > self.serving.decode_stall_seconds:
+            bound = self.serving.decode_stall_seconds
+            return False, {"error": f"a decode batch has run for {stalled:.0f} s, past "
+                                    f"serving.decode_stall_seconds={bound:.0f}: the decode thread is stuck"}
+        return True, {}
 
     def stop(self) -> None:
+        self.ready = False
+        if self.housekeeper is not None:
+            self.housekeeper.stop()
         if self.batcher is not None:
             self.batcher.close()
-        if self.engine is not None and self.engine.fetcher is not None:
-            self.engine.fetcher.close()
+        if self.fetcher is not None:
+            self.fetcher.close()
+
+
+class NotReady(RuntimeError):
+    """The model cannot answer now (not loaded, or stopping): a 503 for this replica only."""
 
 
 def build_pool_from_file(model: Any, path: str | Path, config: GenrecConfig) -> RetrievalPool:

@@ -73,15 +73,26 @@ class BeamLadder:
             raise PolicyError(f"rung {rung} is outside the ladder 0..{self.top}")
         return self.rungs[rung]
 
-    def check_request_policy(self, widths: Sequence[int]) -> BeamPolicy:
-        """A per-request policy may be narrower than the widest rung, never wider."""
-        widest = self.rungs[-1]
+    def width_bound(self, level: int) -> int:
+        """The widest width a request may ask for at `level`: the widest rung's, its last width
+        repeated for deeper levels."""
+        widths = self.rungs[-1].widths
+        return widths[min(level, len(widths) - 1)]
+
+    def check_request_policy(self, widths: Sequence[int], levels: int) -> BeamPolicy:
+        """A per-request policy may be narrower than the widest rung, never wider, and never longer
+        than the model's `levels` semantic-ID levels (one width per level; a shorter policy repeats
+        its last width). Linear in the policy's length, which is checked first."""
         if not widths:
             raise PolicyError("beam_policy must list at least one width")
+        if len(widths) > levels:
+            raise PolicyError(f"beam_policy has {len(widths)} widths but the model has {levels} "
+                              f"semantic-ID levels: send at most {levels} (a shorter policy repeats its "
+                              "last width)")
         for level, width in enumerate(widths):
             if not isinstance(width, int) or isinstance(width, bool) or width < 1:
                 raise PolicyError(f"beam_policy[{level}] must be a positive integer, got {width!r}")
-            bound = widest.for_levels(len(widths))[level]
+            bound = self.width_bound(level)
             if width > bound:
                 raise PolicyError(f"beam_policy[{level}]={width} exceeds the widest allowed width {bound}")
         return BeamPolicy(tuple(widths))

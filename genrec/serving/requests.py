@@ -24,18 +24,27 @@ model cannot read would silently degrade the answer. An explicitly empty `recent
 too; leave the field out to ask for summary-only (or popular-item) recommendations.
 
 `recent_items` rows are padded with "" (ignored); `k` and `beam_policy` hold one row for the whole
-request or one per row. The answer has outputs `item_ids` (BYTES [B, K]), `scores` (FP32 [B, K]) and
-`sids` (INT64 [B, K, L]).
+request or one per row. `user_id` and `recent_items` are BYTES; `k` and `beam_policy` any integer
+type. The answer has outputs `item_ids` (BYTES [B, K]), `scores` (FP32 [B, K]) and `sids`
+(INT64 [B, K, L]).
+
+Bodies are parsed here too (`parse_json`), with their nesting depth bounded: no field of a request
+may nest deeper than `serving.max_json_depth`, so no input can exhaust the parser's stack.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from genrec.config import ServingConfig
 from genrec.serving.policy import BeamLadder, BeamPolicy, PolicyError
+
+if TYPE_CHECKING:
+    from genrec.serving.v2 import Tensor
 
 V1_FIELDS = {"user_id", "recent_items", "k", "beam_policy"}
 V2_INPUTS = {"user_id", "recent_items", "k", "beam_policy"}
@@ -48,6 +57,16 @@ class RequestError(ValueError):
 
 
 @dataclass(frozen=True)
+class RequestRules:
+    """What a request may ask of this model: the serving bounds, the beam ladder and the model's
+    number of semantic-ID levels (a beam policy has at most one width per level)."""
+
+    config: ServingConfig
+    ladder: BeamLadder
+    levels: int
+
+
+@dataclass(frozen=True)
 class Instance:
     user_id: str
     recent_items: tuple[str, ...]
@@ -56,6 +75,32 @@ class Instance:
     policy: BeamPolicy | None
     # The client omitted recent_items (as opposed to sending some).
     history_given: bool
+
+
+def parse_json(body: bytes, max_depth: int, what: str) -> Any:
+    """`body` as JSON, its nesting at most `max_depth` deep (RequestError otherwise)."""
+    if not body.strip():
+        raise RequestError(f"{what} has an empty body: send a JSON object")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"{what} is not valid JSON: {str(exc)[:120]}") from exc
+    check_depth(value, max_depth, what)
+    return value
+
+
+def check_depth(value: Any, max_depth: int, what: str) -> None:
+    """Iterative, so the check itself cannot run out of stack."""
+    if not isinstance(value, (list, dict)):
+        return
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise RequestError(f"{what} nests lists and objects more than {max_depth} levels deep "
+                               "(serving.max_json_depth); no genrec request needs that")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
 
 
 def _is_int(value: Any) -> bool:
@@ -94,16 +139,17 @@ def check_items(value: Any, where: str, config: ServingConfig) -> tuple[str, ...
     return tuple(value)
 
 
-def check_policy(value: Any, where: str, ladder: BeamLadder) -> BeamPolicy:
+def check_policy(value: Any, where: str, rules: RequestRules) -> BeamPolicy:
     if not isinstance(value, list):
         raise RequestError(f"{where}.beam_policy must be a list of per-level beam widths, got {_show(value)}")
     try:
-        return ladder.check_request_policy(value)
+        return rules.ladder.check_request_policy(value, rules.levels)
     except PolicyError as exc:
         raise RequestError(f"{where}.{exc}") from exc
 
 
-def parse_v1(payload: Any, config: ServingConfig, ladder: BeamLadder) -> list[Instance]:
+def parse_v1(payload: Any, rules: RequestRules) -> list[Instance]:
+    config = rules.config
     if not isinstance(payload, dict):
         raise RequestError('the body must be a JSON object {"instances": [...]} (v1) or an Open '
                            'Inference Protocol request (v2)')
@@ -135,21 +181,31 @@ def parse_v1(payload: Any, config: ServingConfig, ladder: BeamLadder) -> list[In
             user_id=check_user(raw["user_id"], where),
             recent_items=check_items(raw["recent_items"], where, config) if history_given else (),
             k=check_k(raw["k"], where, config),
-            policy=check_policy(raw["beam_policy"], where, ladder) if "beam_policy" in raw else None,
+            policy=check_policy(raw["beam_policy"], where, rules) if "beam_policy" in raw else None,
             history_given=history_given,
         ))
     return out
 
 
-def parse_v2(inputs: Sequence[Any], config: ServingConfig, ladder: BeamLadder) -> list[Instance]:
-    """`inputs`: (name, shape, data as a flat python list) per input tensor."""
+def parse_v2(inputs: Sequence[Tensor], rules: RequestRules) -> list[Instance]:
+    """Instances from decoded v2 input tensors (`genrec.serving.v2`)."""
+    from genrec.serving.v2 import INTEGER_TYPES
+
+    config = rules.config
     tensors: dict[str, tuple[list[int], list[Any]]] = {}
-    for name, shape, data in inputs:
+    for tensor in inputs:
+        name = tensor.name
         if name not in V2_INPUTS:
-            raise RequestError(f"unknown input {name!r}; allowed inputs: {sorted(V2_INPUTS)}")
+            raise RequestError(f"unknown input {name[:40]!r}; allowed inputs: {sorted(V2_INPUTS)}")
         if name in tensors:
             raise RequestError(f"input {name!r} is given twice")
-        tensors[name] = (list(shape), list(data))
+        text = name in ("user_id", "recent_items")
+        if text and tensor.datatype != "BYTES":
+            raise RequestError(f"input {name} must have datatype BYTES (strings), got {tensor.datatype}")
+        if not text and tensor.datatype not in INTEGER_TYPES:
+            raise RequestError(f"input {name} must have an integer datatype (INT64, INT32, ...), "
+                               f"got {tensor.datatype}")
+        tensors[name] = (list(tensor.shape), list(tensor.data))
     for required in ("user_id", "k"):
         if required not in tensors:
             raise RequestError(f"missing the required input {required!r}")
@@ -171,6 +227,9 @@ def parse_v2(inputs: Sequence[Any], config: ServingConfig, ladder: BeamLadder) -
             raise RequestError(f"input recent_items must have shape [{batch}, R] (pad rows with \"\"), "
                                f"got {shape}")
         width = shape[1]
+        if width > config.max_recent_items:
+            raise RequestError(f"input recent_items has {width} columns; at most {config.max_recent_items} "
+                               "are accepted (send the most recent ones)")
         histories = [[_text(x) for x in data[row * width:(row + 1) * width] if _text(x) != ""]
                      for row in range(batch)]
     out = []
@@ -183,7 +242,7 @@ def parse_v2(inputs: Sequence[Any], config: ServingConfig, ladder: BeamLadder) -
             user_id=check_user(users[row], where),
             recent_items=check_items(history, where, config) if history_given else (),
             k=check_k(ks[row], where, config),
-            policy=None if policies[row] is None else check_policy(policies[row], where, ladder),
+            policy=None if policies[row] is None else check_policy(policies[row], where, rules),
             history_given=history_given,
         ))
     ks_seen = {instance.k for instance in out}
@@ -198,16 +257,16 @@ def _rows(name: str, tensor: tuple[list[int], list[Any]], batch: int, scalar: bo
     if scalar:
         if len(shape) != 1 or shape[0] not in (1, batch) or len(data) != shape[0]:
             raise RequestError(f"input {name} must have shape [1] or [{batch}], got {shape}")
-        values = [_number(v, name) for v in data]
+        values = [_number(v) for v in data]
         return values * batch if len(values) == 1 else values
     if len(shape) != 2 or shape[0] not in (1, batch) or shape[1] < 1 or len(data) != shape[0] * shape[1]:
         raise RequestError(f"input {name} must have shape [1, L] or [{batch}, L], got {shape}")
     width = shape[1]
-    rows = [[_number(v, name) for v in data[r * width:(r + 1) * width]] for r in range(shape[0])]
+    rows = [[_number(v) for v in data[r * width:(r + 1) * width]] for r in range(shape[0])]
     return rows * batch if len(rows) == 1 else rows
 
 
-def _number(value: Any, name: str) -> Any:
+def _number(value: Any) -> Any:
     # JSON numbers in a v2 INT tensor may arrive as floats (1.0); only integral values count.
     if isinstance(value, float) and value.is_integer():
         return int(value)

@@ -1,15 +1,14 @@
-"""Runs `GenerativeRecommender` in a `kserve.ModelServer`, plus genrec's own HTTP routes.
+"""Runs `GenerativeRecommender` in a KServe `ModelServer` with genrec's routes and connection bounds.
 
-KServe's REST server serves one module-level FastAPI app (`kserve.model_server.app`) with the v1/v2
-inference routes, health routes and `GET /metrics` (the default Prometheus registry, where
-`genrec.serving.instruments` lives). genrec adds to that same app, so everything is on one HTTP port:
+KServe's ModelServer keeps its lifecycle here (model registration, the event loop, signal handling,
+stopping the servers and unloading the model on SIGTERM). What it serves is genrec's:
 
-- `ServingMiddleware`: the body-size limit (413), the in-flight count, the local guard and the
-  request metrics;
-- `GET/PUT /admin/beam-policy` (`genrec.serving.admin`).
-
-KServe binds 0.0.0.0; `LocalModelServer` binds the host it is given (loopback in tests and on a
-developer machine).
+- the HTTP app is `genrec.serving.routes.build_app`, not KServe's route table (which let anyone
+  unload the model and answered 5xx to malformed v2 bodies);
+- uvicorn runs `genrec.serving.http_protocol`'s bounded protocol: head size, header count, and
+  head and body timeouts;
+- uvicorn binds the given host (KServe's binds 0.0.0.0), and gRPC, when `serving.grpc` is on, binds
+  the same host (`genrec.serving.grpc_service`).
 """
 
 from __future__ import annotations
@@ -17,73 +16,109 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+from importlib import metadata as package_metadata
 from typing import Any
 
+from genrec.config import ServingConfig
 from genrec.serving._kserve import import_kserve
-from genrec.serving.admin import ServingMiddleware, install_admin_routes
-from genrec.serving.batching import Overloaded
+from genrec.serving.http_protocol import ConnectionLimits, bounded_protocol
+from genrec.serving.logs import install_rate_limits
 from genrec.serving.model import GenerativeRecommender
 
 kserve = import_kserve()
+import uvicorn  # noqa: E402
 from kserve.model_server import ModelServer  # noqa: E402
+from kserve.protocol.rest.server import RESTServer, _RefreshingServer  # noqa: E402
 
 log = logging.getLogger("genrec.serving")
 
 GIL_SWITCH_SECONDS = 0.0005
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def install(app: Any, model: GenerativeRecommender) -> None:
-    """genrec's middleware, admin routes and validation-error handler on a FastAPI app (before it
-    starts serving)."""
-    from fastapi.exceptions import RequestValidationError
+class GenrecRESTServer(RESTServer):  # type: ignore[misc]
+    """KServe's REST server around genrec's app, on genrec's host and bounded protocol."""
 
-    app.add_middleware(ServingMiddleware, config=model.serving, state=model.state)
-    install_admin_routes(app, model.state, model.serving.admin_token_env)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Overloaded, overloaded)
+    def __init__(self, app: Any, host: str, port: int, serving: ServingConfig, server: ModelServer) -> None:
+        super().__init__(app, server.dataplane, server.model_repository_extension, port,
+                         grace_period=serving.shutdown_grace_seconds,
+                         timeout_keep_alive=serving.keep_alive_seconds)
+        self.config = uvicorn.Config(
+            app, host=host, port=port, log_config=None, loop="auto",
+            http=bounded_protocol(ConnectionLimits.from_config(serving)),
+            limit_concurrency=serving.max_connections,
+            timeout_keep_alive=serving.keep_alive_seconds,
+            timeout_graceful_shutdown=serving.shutdown_grace_seconds,
+            # No Server header: it tells an attacker the framework and nothing to a client.
+            server_header=False)
+        self._server = _RefreshingServer(self.config)
 
-
-async def overloaded(_: Any, exc: Exception) -> Any:
-    """503 with Retry-After for a shed request: the client (or the load balancer) may retry it on
-    a replica with room, and the controller sees the load in the request rate."""
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
-
-
-async def validation_error(_: Any, exc: Exception) -> Any:
-    """422 for a v2 body that does not fit the Open Inference Protocol schema. FastAPI's own handler
-    echoes the offending input back, and fails with a 500 when that input is Infinity or NaN (valid
-    to Python's JSON parser, not to its encoder); this one names the fields only."""
-    from fastapi.responses import JSONResponse
-
-    errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
-    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
-                         for e in errors[:5])
-    return JSONResponse({"error": f"the request does not fit the inference protocol: {problems}"},
-                        status_code=422)
+    def create_application(self) -> None:
+        """genrec's app is complete before the server starts (`routes.build_app`)."""
 
 
-class LocalModelServer(ModelServer):  # type: ignore[misc]
-    def __init__(self, host: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+class GenrecModelServer(ModelServer):  # type: ignore[misc]
+    def __init__(self, app: Any, model: GenerativeRecommender, host: str, http_port: int,
+                 grpc_port: int | None) -> None:
+        serving = model.serving
+        super().__init__(http_port=http_port, grpc_port=grpc_port or serving.grpc_port,
+                         enable_grpc=grpc_port is not None, workers=1, enable_latency_logging=False,
+                         timeout_keep_alive=serving.keep_alive_seconds,
+                         grace_period=serving.shutdown_grace_seconds)
+        self.app = app
+        self.model = model
         self.host = host
 
-    async def _serve(self) -> None:
-        # The REST server exists once start() ran; uvicorn reads the host only when it binds.
-        if self._rest_server is not None:
-            self._rest_server.config.host = self.host
-        await super()._serve()
+    def start(self, models: list[Any]) -> None:
+        """KServe's single-process start, with genrec's REST and gRPC servers."""
+        import asyncio
+
+        from genrec.serving.grpc_service import GenrecGRPCServer, GenrecInferenceServicer
+
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = GenrecRESTServer(self.app, self.host, self.http_port, self.model.serving, self)
+        self.servers.append(self._rest_server.start())
+        if self.enable_grpc:
+            servicer = GenrecInferenceServicer(self.model, genrec_version())
+            self._grpc_server = GenrecGRPCServer(self.host, self.grpc_port, servicer, self.grace_period)
+            self.servers.append(self._grpc_server.start())
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
+def genrec_version() -> str:
+    try:
+        return package_metadata.version("genrec")
+    except package_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def configure_logging(serving: ServingConfig, access_log: bool) -> None:
+    """One line per record on stderr for genrec's loggers; client errors and uvicorn's per-request
+    warnings rate-limited; per-request trace and access lines off unless asked for."""
+    genrec_log = logging.getLogger("genrec")
+    if not genrec_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        genrec_log.addHandler(handler)
+        genrec_log.propagate = False
+    genrec_log.setLevel(logging.INFO)
+    if not access_log:
+        # KServe logs a trace line per request and per handler, uvicorn an access line: at a few
+        # hundred requests a second on two cores that logging costs more than the decoding.
+        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    install_rate_limits(serving.client_error_logs_per_minute)
 
 
 def serve(model: GenerativeRecommender, host: str, http_port: int, grpc_port: int | None,
           access_log: bool = False) -> None:
     """Loads the model and serves it until SIGTERM/SIGINT (blocking)."""
-    import kserve.model_server as kserve_server
-
+    from genrec.serving.routes import build_app
 
     model.load()
-    install(kserve_server.app, model)
+    app = build_app(model)
     # The decode thread runs beam search's Python between torch ops while holding the GIL; with
     # CPython's default 5 ms switch interval the event loop could wait that long to parse or answer
     # a request. A shorter interval keeps HTTP latency low while a batch decodes.
@@ -92,45 +127,19 @@ def serve(model: GenerativeRecommender, host: str, http_port: int, grpc_port: in
     # the collector's generations, a full collection no longer walks it in the middle of requests.
     gc.collect()
     gc.freeze()
-    if not access_log:
-        from kserve.protocol.rest.server import RESTServer
-
-        # KServe's REST server wraps every request in timing_asgi's TimingMiddleware, which calls
-        # getrusage twice per request and formats a trace line: 1-1.5 ms of event-loop time per
-        # request on a loaded 2-core machine, for logs that are off. genrec's own middleware keeps
-        # the latency histograms. (serve() owns its process, so patching the class is contained.)
-        RESTServer._add_middlewares = lambda self, app: None
-    server = LocalModelServer(host=host, http_port=http_port, grpc_port=grpc_port or 0,
-                              enable_grpc=grpc_port is not None, workers=1,
-                              enable_latency_logging=False)
-    if not access_log:
-        # KServe logs a trace line per request and per handler, uvicorn an access line: at a few
-        # hundred requests a second on two cores that logging costs more than the decoding. (Set
-        # after the ModelServer exists: its constructor installs KServe's logging configuration.)
-        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
-        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    log.info("serving %s on http://%s:%d", model.name, host, http_port)
+    server = GenrecModelServer(app, model, host, http_port, grpc_port)
+    # After the ModelServer exists: its constructor installs KServe's logging configuration.
+    configure_logging(model.serving, access_log)
+    grpc_note = f", gRPC on {host}:{grpc_port}" if grpc_port is not None else ""
+    log.info("serving %s on http://%s:%d%s", model.name, host, http_port, grpc_note)
     server.start([model])
 
 
 def in_process_app(model: GenerativeRecommender) -> Any:
-    """A fresh FastAPI app with KServe's routes, genrec's middleware and admin routes, for an HTTP
-    test client (no sockets): the same handlers `serve` runs, called in-process."""
-    from fastapi import FastAPI
-    from fastapi.responses import ORJSONResponse
-    from kserve.model_repository import ModelRepository
-    from kserve.protocol.dataplane import DataPlane
-    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
-    from kserve.protocol.rest.server import RESTServer
+    """The predictor's HTTP app for an HTTP test client (no sockets): the same routes, middleware
+    and admin endpoint `serve` runs, called in-process."""
+    from genrec.serving.routes import build_app
 
     if not model.ready:
         model.load()
-    repository = ModelRepository()
-    repository.update(model)
-    dataplane = DataPlane(model_registry=repository)
-    rest = RESTServer("kserve.model_server:app", dataplane, ModelRepositoryExtension(repository), http_port=0)
-    app = FastAPI(default_response_class=ORJSONResponse)
-    install(app, model)
-    rest._register_endpoints(app)
-    rest._add_exception_handlers(app)
-    return app
+    return build_app(model)
