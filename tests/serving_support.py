@@ -123,10 +123,12 @@ def cached_tiny_model(summary_dim: int = 0) -> Path:
     return root / "model"
 
 
-def build_tiny_feature_repo(folder: str | Path, model_dir: str | Path, *, redis_port: int | None = None) -> Path:
+def build_tiny_feature_repo(folder: str | Path, model_dir: str | Path, *, redis_port: int | None = None,
+                            materialize: bool | None = None) -> Path:
     """A Feast repo holding the summaries `build_tiny_model(summary_dim=...)` wrote, materialised into
     the sqlite online store. With `redis_port` the repo's online store is Redis at that loopback
-    port instead, and nothing is materialised: pass a closed port to get a store that is down."""
+    port instead, and nothing is materialised unless `materialize` (pass a closed port to get a store
+    that is down)."""
     import pandas as pd
 
     from genrec.config import GenrecConfig
@@ -145,7 +147,7 @@ def build_tiny_feature_repo(folder: str | Path, model_dir: str | Path, *, redis_
         "event_timestamp": pd.Timestamp("2024-06-01", tz="UTC"),
         "summary": [e[0] for e in encoded], "summary_shape": [e[1] for e in encoded],
         "n_items": 5}))
-    if redis_port is None:
+    if materialize if materialize is not None else redis_port is None:
         repo.apply()
         repo.materialize()
     return repo.path

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,44 +11,15 @@ import yaml
 from genrec.features import materialize_user_summaries, online_summaries
 from genrec.vista.snapshot import latest_snapshots
 from genrec.vista.train import train_summarizer
-from tests.conftest import require_binary
+from tests.redis_support import running_redis
 from tests.test_features_repo import tied_log
 from tests.test_vista_snapshots import tiny_config
-
-STARTUP_SECONDS = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def redis_port(tmp_path: Path) -> Iterator[int]:
-    import redis
-
-    binary = require_binary("redis-server")
-    port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail(f"redis-server did not start on port {port}")
-                time.sleep(0.05)
-        yield port
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(timeout=STARTUP_SECONDS)
+    with running_redis(tmp_path) as redis:
+        yield redis.port
 
 
 @pytest.mark.integration

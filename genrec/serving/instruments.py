@@ -54,9 +54,11 @@ for _kind in ("history_only", "popular"):
     FALLBACKS.labels(kind=_kind)
 
 
-# Metric families registered in this process by libraries whose servers it does not run: Feast
-# registers its feature server's series (feast_feature_server_*) when imported.
-FOREIGN_PREFIXES = ("feast_",)
+# Metric families registered in this process that would only ever read zero: Feast registers its
+# feature server's series (feast_*) when imported, and KServe its per-model histograms, which its
+# data plane records and genrec's routes do not go through.
+FOREIGN_PREFIXES = ("feast_", "request_preprocess_seconds", "request_postprocess_seconds",
+                    "request_predict_seconds", "request_explain_seconds")
 
 
 class ExportedRegistry:

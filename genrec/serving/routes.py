@@ -167,20 +167,26 @@ class Routes:
         """404 and 405 from the router, with a hint where the path says what the client wanted."""
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         path = request.url.path
+        hint = self._hint(path)
+        if hint:
+            return refuse(request, 404, hint)
         if status == 405:
-            message = f"{request.method} is not allowed on {path[:120]}"
-        elif path.startswith("/v2/repository"):
-            message = ("model repository routes are off: this server serves the one model it loaded at "
-                       "start; roll out a new version with the deploy step")
-        elif "/versions/" in path:
-            message = (f"this server serves one unversioned model, {self.name!r}: drop /versions/<v> from "
-                       "the path")
-        elif path.endswith(":explain"):
-            message = f"genrec has no explainer: use /v1/models/{self.name}:predict"
-        else:
-            message = f"no route {request.method} {path[:120]}"
-        headers = getattr(exc, "headers", None) if status == 405 else None
-        return refuse(request, status, message, headers)
+            allowed = getattr(exc, "headers", None)
+            return refuse(request, 405, f"{request.method} is not allowed on {path[:120]}", allowed)
+        return refuse(request, 404, f"no route {request.method} {path[:120]}")
+
+    def _hint(self, path: str) -> str:
+        if path.startswith("/v2/repository"):
+            return ("model repository routes are off: this server serves the one model it loaded at start; "
+                    "roll out a new version with the deploy step")
+        if "/versions/" in path:
+            return (f"this server serves one unversioned model, {self.name!r}: drop /versions/<v> from "
+                    "the path")
+        last = path.rsplit("/", 1)[-1]
+        if path.startswith("/v1/models/") and ":" in last and not last.endswith(":predict"):
+            verb = last.rsplit(":", 1)[-1][:20]
+            return f"genrec serves no {verb!r} verb: use /v1/models/{self.name}:predict"
+        return ""
 
 
 def build_app(model: GenerativeRecommender) -> FastAPI:
