@@ -376,10 +376,16 @@ def test_predictor_probes_ports_and_model_location(overlay: str) -> None:
                                      f"/mnt/models/{FEATURE_REPO_DIR}"]
     assert container["args"][container["args"].index("--host") + 1] == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http1": cfg.serving.http_port, "grpc": cfg.serving.grpc_port}
+    # The gRPC port is declared exactly when the config turns gRPC on.
+    assert ports == {"http1": cfg.serving.http_port, **({"grpc": cfg.serving.grpc_port} if cfg.serving.grpc else {})}
+    assert not {"--grpc", "--no-grpc"} & set(container["args"]), "gRPC is set in genrec-config, in one place"
+    # The probes use the routes that tell the truth (tests/test_serving_hardening.py holds them to it).
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": cfg.serving.http_port}
     for probe in ("livenessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["port"] == cfg.serving.http_port
+        assert container[probe]["httpGet"] == {"path": "/v2/health/live", "port": cfg.serving.http_port}
+    # On SIGTERM the server's own grace for requests in flight ends before the kubelet's.
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    assert cfg.serving.shutdown_grace_seconds < grace, "the server must finish before the kubelet kills it"
     storage = env_of(container)["STORAGE_URI"]["value"]
     assert re.match(r"(s3|gs|pvc|https?|hf|oci)://.+", storage), storage
     assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
@@ -654,13 +660,14 @@ def test_network_policies_let_through_only_what_they_should(overlay: str) -> Non
     assert not allowed(policies, neighbour, predictor_pod, admin)
     assert not allowed(policies, stranger, predictor_pod, admin)
     assert not allowed(policies, stranger, predictor_pod, cfg.serving.grpc_port)
+    # gRPC is off in the cluster config, so nobody, the gateway included, reaches its port.
+    assert allowed(policies, gateway, predictor_pod, cfg.serving.grpc_port) is cfg.serving.grpc
     # Prometheus scrapes both; the gateway and opted-in client namespaces call inference.
     assert allowed(policies, prometheus, predictor_pod, cfg.serving.http_port)
     assert allowed(policies, prometheus, controller, cfg.controller.metrics_port)
     assert not allowed(policies, stranger, controller, cfg.controller.metrics_port)
     # Clients call through the ingress gateway, never straight at the pods (8080 is also the admin port).
     assert allowed(policies, gateway, predictor_pod, cfg.serving.http_port)
-    assert allowed(policies, gateway, predictor_pod, cfg.serving.grpc_port)
     assert not allowed(policies, client, predictor_pod, cfg.serving.http_port)
     # The controller reaches DNS, Prometheus, the predictors and the API server, and nothing else.
     assert allowed(policies, controller, dns, 53)
@@ -743,6 +750,7 @@ def test_alerts_use_only_defined_metrics() -> None:
         "GenrecLatencySLOFastBurn": metrics.REQUEST_SECONDS, "GenrecLatencySLOSlowBurn": metrics.REQUEST_SECONDS,
         "GenrecErrorSLOFastBurn": metrics.REQUESTS, "GenrecErrorSLOSlowBurn": metrics.REQUESTS,
         "GenrecFeastErrors": metrics.FEAST_ERRORS, "GenrecFeastMissesHigh": metrics.FEAST_MISSES,
+        "GenrecFeatureStoreDown": metrics.FEATURE_STORE_UP,
         "GenrecControllerStuckOnLowestRung": metrics.CONTROLLER_RUNG,
         "GenrecControllerPrometheusErrors": metrics.CONTROLLER_PROM_ERRORS,
     }
@@ -798,6 +806,7 @@ def test_alerts_fire_on_synthetic_series(promtool: str, tmp_path: Path) -> None:
         {"series": f"genrec_request_duration_seconds_count{{{predictor_job}}}", "values": "0+100x90"},
         {"series": f'genrec_requests_total{{{predictor_job},code="ok"}}', "values": "0+100x90"},
         {"series": f"genrec_feast_errors_total{{{predictor_job}}}", "values": "0+10x90"},
+        {"series": f"genrec_feature_store_up{{{predictor_job}}}", "values": "0+0x90"},
         {"series": f"genrec_inflight_requests{{{predictor_job}}}", "values": "3+0x90"},
         {"series": f"genrec_controller_rung{{{controller_job}}}", "values": "0+0x90"},
         {"series": f"genrec_controller_prometheus_errors_total{{{controller_job}}}", "values": "0+0x90"},
@@ -807,6 +816,7 @@ def test_alerts_fire_on_synthetic_series(promtool: str, tmp_path: Path) -> None:
         {"series": f"genrec_request_duration_seconds_count{{{predictor_job}}}", "values": "0+100x90"},
         {"series": f'genrec_requests_total{{{predictor_job},code="ok"}}', "values": "0+100x90"},
         {"series": f"genrec_feast_errors_total{{{predictor_job}}}", "values": "0+0x90"},
+        {"series": f"genrec_feature_store_up{{{predictor_job}}}", "values": "1+0x90"},
         {"series": f"genrec_inflight_requests{{{predictor_job}}}", "values": "3+0x90"},
         {"series": f"genrec_controller_rung{{{controller_job}}}", "values": "2+0x90"},
         {"series": f"genrec_controller_prometheus_errors_total{{{controller_job}}}", "values": "0+0x90"},
@@ -814,7 +824,7 @@ def test_alerts_fire_on_synthetic_series(promtool: str, tmp_path: Path) -> None:
     tests = [
         {"interval": "1m", "input_series": slow, "promql_expr_test": [
             firing("GenrecLatencySLOFastBurn"),
-            firing("GenrecFeastErrors"),
+            firing("GenrecFeastErrors"), firing("GenrecFeatureStoreDown"),
             firing("GenrecControllerStuckOnLowestRung"), firing("GenrecErrorSLOFastBurn", 0),
             firing("GenrecControllerPrometheusErrors", 0), firing("GenrecPredictorAbsent", 0)]},
         {"interval": "1m", "input_series": healthy, "promql_expr_test": [
@@ -853,7 +863,8 @@ def test_dashboard_parses_and_queries_known_metrics() -> None:
     # What the issue asks the dashboard to show.
     for metric in (f"{metrics.REQUEST_SECONDS}_bucket", metrics.REQUESTS, metrics.INFLIGHT, metrics.BEAM_RUNG,
                    metrics.CONTROLLER_RUNG, metrics.BEAM_WIDTH, metrics.DARE_ACCEPTED_TOKENS,
-                   metrics.DARE_DRAFT_TOKENS, metrics.FEAST_MISSES, metrics.FEAST_ERRORS,
+                   metrics.DARE_DRAFT_TOKENS, metrics.FEAST_MISSES, metrics.FEAST_ERRORS, metrics.FEATURE_STORE_UP,
+                   metrics.CONNECTION_REJECTIONS, metrics.HTTP_RESPONSES,
                    f"{metrics.BATCH_SIZE}_bucket"):
         assert metric in used, f"the dashboard shows no {metric}"
     # The source file in the repository is the one shipped.
