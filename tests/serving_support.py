@@ -256,3 +256,41 @@ def predict(server: ServerHandle, body: Any, timeout: float = 30.0) -> httpx.Res
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return httpx.post(server.predict_url, content=content, headers={"Content-Type": "application/json"},
                       timeout=timeout)
+
+
+def damaged_model_copies(model_dir: Path, root: Path) -> dict[str, tuple[Path, str]]:
+    """Damaged copies of a model folder under `root`: case -> (the copy, the file its start-up error
+    must name). Zero-byte, truncated and garbage weights, missing and foreign items, a truncated and
+    a missing manifest."""
+    import shutil
+
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def copy(name: str) -> Path:
+        target = root / name / "model"
+        shutil.copytree(model_dir, target)
+        return target
+
+    folder = copy("empty-weights")
+    (folder / "model.pt").write_bytes(b"")
+    cases["zero-byte model.pt"] = (folder, "model.pt")
+    folder = copy("truncated-weights")
+    data = (folder / "model.pt").read_bytes()
+    (folder / "model.pt").write_bytes(data[: len(data) // 2])
+    cases["truncated model.pt"] = (folder, "model.pt")
+    folder = copy("garbage-weights")
+    (folder / "model.pt").write_bytes(b"not a state dict" * 100)
+    cases["garbage model.pt"] = (folder, "model.pt")
+    folder = copy("no-items")
+    (folder / "items.json").unlink()
+    cases["missing items.json"] = (folder, "items.json")
+    folder = copy("short-items")
+    (folder / "items.json").write_text(json.dumps(["i1", "i2"]))
+    cases["items.json of another model"] = (folder, "items.json")
+    folder = copy("broken-manifest")
+    (folder / "model.json").write_text('{"format": 1, "decoder": ')
+    cases["truncated model.json"] = (folder, "model.json")
+    folder = copy("no-manifest")
+    (folder / "model.json").unlink()
+    cases["missing model.json"] = (folder, "model.json")
+    return cases

@@ -65,6 +65,25 @@ requests = st.one_of(
     st.tuples(st.just("v2"), st.one_of(v2_bodies.map(encode), raw)),
 )
 
+# The binary extension: a JSON header whose inputs claim binary sizes, a tail of arbitrary bytes
+# (BYTES length prefixes among them), and an Inference-Header-Content-Length that may lie.
+binary_tensor = st.fixed_dictionaries({
+    "name": st.sampled_from(["user_id", "recent_items", "k", "beam_policy", "x"]),
+    "datatype": st.sampled_from(["BYTES", "INT64", "INT32", "FP32", "BOOL", "FP16"]),
+    "shape": st.lists(st.integers(0, 4), min_size=1, max_size=2),
+    "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(0, 40)}),
+})
+binary_requests = st.tuples(
+    st.fixed_dictionaries({"inputs": st.lists(binary_tensor, min_size=1, max_size=4)}, optional={
+        "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["item_ids", "scores", "sids", "x"])},
+                                                  optional={"parameters": st.fixed_dictionaries(
+                                                      {"binary_data": st.booleans()})}), max_size=3),
+        "parameters": st.fixed_dictionaries({"binary_data_output": st.booleans()})}).map(encode),
+    st.binary(max_size=80),
+    st.one_of(st.none(), st.just("exact"), st.just("exact"), st.integers(-5, 400).map(str),
+              st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=6)),
+)
+
 
 @pytest.fixture(scope="module")
 def client() -> Any:
@@ -101,3 +120,25 @@ def test_no_generated_request_gets_a_5xx(client: Any) -> None:
     assert sum(seen.values()) >= 1000, seen
     # The generator mostly produces bad requests; they must be refused as client errors.
     assert sum(n for code, n in seen.items() if 400 <= code < 500) > 0.8 * sum(seen.values()), seen
+
+
+def test_no_generated_binary_v2_request_gets_a_5xx(client: Any) -> None:
+    codes: list[int] = []
+
+    @settings(max_examples=EXAMPLES // 2, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(binary_requests)
+    def check(request: tuple[bytes, bytes, str | None]) -> None:
+        header, tail, length = request
+        headers = {} if length is None else {"Inference-Header-Content-Length": length}
+        # Where the claimed length is the header's own, the tail is read as tensors.
+        if length == "exact":
+            headers["Inference-Header-Content-Length"] = str(len(header))
+        response = client.post("/v2/models/genrec/infer", content=header + tail, headers=headers)
+        codes.append(response.status_code)
+        assert response.status_code < 500, (header[:200], tail, length, response.text[:300])
+        if response.status_code >= 400:
+            assert response.json()["error"]
+
+    check()
+    assert len(codes) >= EXAMPLES // 2 and min(codes) >= 200

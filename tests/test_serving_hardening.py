@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from tests.serving_support import (
     ServerHandle,
     build_tiny_feature_repo,
     cached_tiny_model,
+    damaged_model_copies,
     predict,
     start_server,
     tiny_request,
@@ -222,6 +222,29 @@ def test_slow_clients_are_timed_out_with_408(server: ServerHandle, case: str, da
     assert metric(server.metrics(), "genrec_connection_rejections_total", f'reason="{reason}"') == before + 1
 
 
+def test_connections_past_the_bound_get_a_json_503(model_dir: Path, tmp_path: Path) -> None:
+    bound = 3
+    handle = start_server(model_dir, overrides=[f"serving.max_connections={bound}"], log_path=tmp_path / "server.log")
+    held = []
+    try:
+        for _ in range(bound):
+            held.append(socket.create_connection(("127.0.0.1", port_of(handle))))
+        time.sleep(0.2)
+        received, _ = raw_exchange(handle, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert received.startswith(b"HTTP/1.1 503")
+        assert b"serving.max_connections" in received and b'{"error":' in received
+        for sock in held:
+            sock.close()
+        held.clear()
+        time.sleep(0.2)
+        assert httpx.get(f"{handle.url}/v2/health/live", timeout=5).status_code == 200
+        assert metric(handle.metrics(), "genrec_connection_rejections_total", 'reason="too_many_connections"') == 1
+    finally:
+        for sock in held:
+            sock.close()
+        handle.stop()
+
+
 def test_sigterm_does_not_wait_for_a_stalled_client(model_dir: Path, tmp_path: Path) -> None:
     handle = start_server(model_dir, overrides=[f"serving.body_timeout_seconds={BODY_TIMEOUT}"],
                           log_path=tmp_path / "server.log")
@@ -350,42 +373,8 @@ def test_a_client_error_is_one_warning_line_rate_limited(model_dir: Path, tmp_pa
 # -- 8. start-up failures --------------------------------------------------------------------------
 
 
-def damaged_copies(model_dir: Path, root: Path) -> dict[str, tuple[Path, str]]:
-    """case -> (a damaged copy of the model folder, the file its error must name)."""
-    cases: dict[str, tuple[Path, str]] = {}
-
-    def copy(name: str) -> Path:
-        target = root / name / "model"
-        shutil.copytree(model_dir, target)
-        return target
-
-    folder = copy("empty-weights")
-    (folder / "model.pt").write_bytes(b"")
-    cases["zero-byte model.pt"] = (folder, "model.pt")
-    folder = copy("truncated-weights")
-    data = (folder / "model.pt").read_bytes()
-    (folder / "model.pt").write_bytes(data[: len(data) // 2])
-    cases["truncated model.pt"] = (folder, "model.pt")
-    folder = copy("garbage-weights")
-    (folder / "model.pt").write_bytes(b"not a state dict" * 100)
-    cases["garbage model.pt"] = (folder, "model.pt")
-    folder = copy("no-items")
-    (folder / "items.json").unlink()
-    cases["missing items.json"] = (folder, "items.json")
-    folder = copy("short-items")
-    (folder / "items.json").write_text(json.dumps(["i1", "i2"]))
-    cases["items.json of another model"] = (folder, "items.json")
-    folder = copy("broken-manifest")
-    (folder / "model.json").write_text('{"format": 1, "decoder": ')
-    cases["truncated model.json"] = (folder, "model.json")
-    folder = copy("no-manifest")
-    (folder / "model.json").unlink()
-    cases["missing model.json"] = (folder, "model.json")
-    return cases
-
-
 def test_a_damaged_model_folder_fails_with_one_clear_line(model_dir: Path, tmp_path: Path) -> None:
-    for case, (folder, named) in damaged_copies(model_dir, tmp_path).items():
+    for case, (folder, named) in damaged_model_copies(model_dir, tmp_path).items():
         result = subprocess.run([sys.executable, "-m", "genrec.cli", "serve", "--model-dir", str(folder),
                                  "--host", "127.0.0.1", "--http-port", "1"], cwd=REPO, capture_output=True,
                                 text=True, timeout=120)

@@ -5,7 +5,6 @@ JSON without a Content-Type and binary tensors by default, as real clients do.""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest

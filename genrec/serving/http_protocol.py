@@ -9,7 +9,9 @@ for it). This protocol adds, per connection:
   headers: 431, and the connection closes;
 - the head complete within `header_timeout` of its first byte (or of connecting, for a client that
   sends nothing): 408, close;
-- the body complete within `body_timeout` of the head: 408 if no response has started, close.
+- the body complete within `body_timeout` of the head: 408 if no response has started, close;
+- at most `max_connections` open connections: the next one gets a 503 (JSON, like every other
+  error, where uvicorn's own limit answers plain text) and is closed.
 
 Each rejection counts in genrec_connection_rejections_total{reason} and logs one rate-limited line.
 httptools stays the parser (h11 would bound the head too, at about half the speed).
@@ -36,11 +38,12 @@ class ConnectionLimits:
     max_headers: int
     header_timeout: float
     body_timeout: float
+    max_connections: int
 
     @classmethod
     def from_config(cls, serving: ServingConfig) -> ConnectionLimits:
         return cls(serving.max_header_bytes, serving.max_headers, serving.header_timeout_seconds,
-                   serving.body_timeout_seconds)
+                   serving.body_timeout_seconds, serving.max_connections)
 
 
 class _HeadTooLarge(Exception):
@@ -64,6 +67,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._reject(503, "too_many_connections", f"the server holds {self.limits.max_connections} "
+                                                      "connections (serving.max_connections): retry")
+            return
         self._arm(self.limits.header_timeout, "header_timeout")
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -46,7 +46,7 @@ CONNECTION_REJECTIONS = Counter(names.CONNECTION_REJECTIONS,
 
 for _code in ("ok", "client_error", "overloaded", "server_error"):
     REQUESTS.labels(code=_code)
-for _reason in ("header_too_large", "header_timeout", "body_timeout", "bad_http"):
+for _reason in ("header_too_large", "header_timeout", "body_timeout", "bad_http", "too_many_connections"):
     CONNECTION_REJECTIONS.labels(reason=_reason)
 for _reason in ("unknown_user", "unavailable"):
     FEAST_MISSES.labels(reason=_reason)

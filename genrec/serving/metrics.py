@@ -24,7 +24,8 @@ FALLBACKS = "genrec_context_fallbacks_total"  # counter, label kind: history_onl
 FEATURE_STORE_UP = "genrec_feature_store_up"  # gauge: 1 the last read or probe worked, 0 it failed
 # counter, labels route (inference | health | metadata | admin | metrics | other) and status (2xx | 4xx | 5xx)
 HTTP_RESPONSES = "genrec_http_responses_total"
-# counter, label reason: header_too_large | header_timeout | body_timeout | bad_http; refused before any route
+# counter, label reason: header_too_large | header_timeout | body_timeout | bad_http | too_many_connections;
+# refused before any route
 CONNECTION_REJECTIONS = "genrec_connection_rejections_total"
 
 # Controller

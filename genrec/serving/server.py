@@ -46,7 +46,6 @@ class GenrecRESTServer(RESTServer):  # type: ignore[misc]
         self.config = uvicorn.Config(
             app, host=host, port=port, log_config=None, loop="auto",
             http=bounded_protocol(ConnectionLimits.from_config(serving)),
-            limit_concurrency=serving.max_connections,
             timeout_keep_alive=serving.keep_alive_seconds,
             timeout_graceful_shutdown=serving.shutdown_grace_seconds,
             # No Server header: it tells an attacker the framework and nothing to a client.
