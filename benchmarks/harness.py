@@ -38,13 +38,47 @@ def machine() -> dict[str, Any]:
     }
 
 
+REPO = RESULTS.parents[1]
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as run from the repository root: `python -m benchmarks.<name> ...` for a module
+    run, else the script's path relative to the repository; never a path of the machine it ran on."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]).resolve() if argv else None
+    if script is not None and script.is_relative_to(REPO):
+        relative = script.relative_to(REPO)
+        if relative.parts[0] == "benchmarks":
+            head = ["python", "-m", ".".join(relative.with_suffix("").parts)]
+        else:
+            head = ["python", str(relative)]
+    else:
+        head = ["python", Path(argv[0]).name if argv else "?"]
+    return " ".join(shlex.quote(a) for a in [*head, *argv[1:]])
+
+
+def git_state() -> dict[str, Any]:
+    """The commit the run was made from, and whether tracked files differed from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
+
+
 def save_result(name: str, figures: dict[str, Any], plot: Callable[[], Figure] | None = None,
                 results_dir: Path = RESULTS) -> Path:
-    """Writes the JSON (and the PNG if `plot` is given) and prints the figures."""
+    """Writes the JSON (and the PNG if `plot` is given) and prints the figures. The record names the
+    commit (and whether the tree was dirty) and the command relative to the repository."""
     results_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "name": name,
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
+        **git_state(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "figures": figures,

@@ -139,5 +139,5 @@ def test_model_folder_round_trip(tmp_path) -> None:
                                    decoder.code_log_probs(decoder.embed_context(recent), codes))
     top = loaded.recommend(history, beam_widths=[8], top_k=3)
     assert [len(r) for r in top] == [3, 3] and all(item.startswith("item") for item, _ in top[0])
-    with pytest.raises(ModelArtefactError, match="not a model folder"):
+    with pytest.raises(ModelArtefactError, match="model.json is missing"):
         load_model(tmp_path)
