@@ -359,7 +359,7 @@ class Campaign:
             self.send(group, "POST", "/v1/models/genrec:explain", self.valid)
             self.send(group, "GET", "/v2/models/genrec/versions/1")
             self.send(group, "POST", "/v2/models/genrec/versions/1/infer", b"{}")
-        for _ in range(self.n(1000)):
+        for _ in range(self.n(1400)):
             path = self.rng.choice(["/v1/models/genrec:predict", "/v2/models/genrec/infer"])
             self.send(group, "POST", path, self.mutate(self.valid))
 
@@ -394,8 +394,8 @@ class Campaign:
 
         calls: list[Callable[[], Any]] = []
         calls += [lambda: client.get_model_metadata("genrec")] * self.n(20)
-        calls += [lambda: client.infer("genrec", inputs(False))] * self.n(40)
-        calls += [lambda: client.infer("genrec", inputs(True))] * self.n(40)
+        calls += [lambda: client.infer("genrec", inputs(False))] * self.n(60)
+        calls += [lambda: client.infer("genrec", inputs(True))] * self.n(60)
         calls += [lambda: client.infer("genrec", inputs(True), outputs=[
             triton.InferRequestedOutput("scores", binary_data=False)])] * self.n(40)
         calls += [lambda: client.infer("genrec", inputs(True), outputs=[triton.InferRequestedOutput("x")]),
@@ -529,7 +529,7 @@ def log_figures(log: str) -> dict[str, Any]:
     dropped = sum(int(m.group(1)) for line in client_lines
                   for m in [re.search(r"\((\d+) similar lines dropped", line)] if m)
     return {"lines": len(lines), "client_error_lines": len(client_lines),
-            "client_error_lines_dropped": dropped,
+            "dropped_lines_reported_in_the_log": dropped,
             "error_lines": sum(1 for line in lines if " ERROR " in line),
             "tracebacks": log.count("Traceback")}
 
@@ -571,11 +571,12 @@ def main() -> None:
                       f"{group.probe_seconds:.3f} s rss {group.rss_mb:.0f} MB checks {group.checks}",
                       flush=True)
             final = server.metrics()
+            log_dropped = metric(final, "genrec_log_lines_dropped_total")
             campaign.close()
             sigterm_seconds = sigterm_with_stalled_clients(server, campaign.port)
         finally:
             server.stop()
-        log = log_figures(server.log())
+        log = {**log_figures(server.log()), "lines_dropped_by_the_rate_limit": log_dropped}
         for name, run_other in (("feast_outage", lambda g: feast_outage(folder, g)),
                                 ("startup", lambda g: startup_failures(model_dir, folder, g))):
             group = GroupResult(name)

@@ -100,3 +100,25 @@ def test_the_lowest_rung_stays_put() -> None:
     clock.now += RECOVER_SECONDS
     policy.tick()
     assert policy.current.rung == 0
+
+
+def test_log_rate_limit_counts_drops_reports_them_and_never_drops_errors() -> None:
+    import logging
+
+    from genrec.serving.logs import RateLimitFilter
+
+    clock = Clock()
+    drops: list[int] = []
+    limit = RateLimitFilter(per_window=2, window=60.0, clock=clock, on_drop=lambda: drops.append(1))
+
+    def record(level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord("x", level, __file__, 1, "400 POST /p: bad", None, None)
+
+    assert [limit.filter(record()) for _ in range(5)] == [True, True, False, False, False]
+    assert limit.filter(record(logging.ERROR)), "a server error is never dropped"
+    assert len(drops) == 3 and limit.dropped == 3
+    clock.now += 60.0
+    passed = record()
+    assert limit.filter(passed) and "(3 similar lines dropped by the rate limit)" in passed.msg
+    follow = record()
+    assert limit.filter(follow) and "dropped" not in follow.msg

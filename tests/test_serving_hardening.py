@@ -361,6 +361,8 @@ def test_a_client_error_is_one_warning_line_rate_limited(model_dir: Path, tmp_pa
         for _ in range(40):
             assert predict(handle, bad).status_code == 400
         predict(handle, b'{"instances": [')
+        # The 36 lines past the limit are counted even though no later line reports them.
+        assert metric(handle.metrics(), "genrec_log_lines_dropped_total") == 41 - per_minute
     finally:
         handle.stop()
     log = handle.log()

@@ -43,6 +43,9 @@ HTTP_RESPONSES = Counter(names.HTTP_RESPONSES, "HTTP responses by route and stat
 CONNECTION_REJECTIONS = Counter(names.CONNECTION_REJECTIONS,
                                 "Requests refused by the HTTP connection bounds, before any route.",
                                 ["reason"])
+LOG_LINES_DROPPED = Counter(names.LOG_LINES_DROPPED,
+                            "Per-request log lines (client errors, bad HTTP) dropped by the rate limit "
+                            "(serving.client_error_logs_per_minute).")
 
 for _code in ("ok", "client_error", "overloaded", "server_error"):
     REQUESTS.labels(code=_code)

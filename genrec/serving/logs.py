@@ -27,9 +27,11 @@ class RateLimitFilter(logging.Filter):
     pass (a server bug must never be hidden by a flood of client mistakes)."""
 
     def __init__(self, per_window: int, window: float = WINDOW_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_drop: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.per_window = per_window
+        self.on_drop = on_drop
         self.window = window
         self.clock = clock
         self._lock = threading.Lock()
@@ -48,6 +50,8 @@ class RateLimitFilter(logging.Filter):
             if self._passed >= self.per_window:
                 self.dropped += 1
                 self._unreported += 1
+                if self.on_drop is not None:
+                    self.on_drop()
                 return False
             self._passed += 1
             if self._unreported:
@@ -56,13 +60,14 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
-def install_rate_limits(per_minute: int) -> None:
-    """Guards the client-error logger and the noisy third-party loggers (idempotent)."""
+def install_rate_limits(per_minute: int, on_drop: Callable[[], None] | None = None) -> None:
+    """Guards the client-error logger and the noisy third-party loggers (idempotent). `on_drop` is
+    called for each line dropped (a counter, so that a flood shows even if no later line reports it)."""
     for name in (CLIENT_ERRORS, *NOISY_LOGGERS):
         logger = logging.getLogger(name)
         for old in [f for f in logger.filters if isinstance(f, RateLimitFilter)]:
             logger.removeFilter(old)
-        logger.addFilter(RateLimitFilter(per_minute))
+        logger.addFilter(RateLimitFilter(per_minute, on_drop=on_drop))
 
 
 def client_error(status: int, method: str, path: str, message: str) -> None:

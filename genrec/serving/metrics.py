@@ -27,6 +27,7 @@ HTTP_RESPONSES = "genrec_http_responses_total"
 # counter, label reason: header_too_large | header_timeout | body_timeout | bad_http | too_many_connections;
 # refused before any route
 CONNECTION_REJECTIONS = "genrec_connection_rejections_total"
+LOG_LINES_DROPPED = "genrec_log_lines_dropped_total"  # counter: per-request log lines past the rate limit
 
 # Controller
 # counter, label action: up | down | hold | fallback

@@ -22,6 +22,7 @@ from typing import Any
 from genrec.config import ServingConfig
 from genrec.serving._kserve import import_kserve
 from genrec.serving.http_protocol import ConnectionLimits, bounded_protocol
+from genrec.serving.instruments import LOG_LINES_DROPPED
 from genrec.serving.logs import install_rate_limits
 from genrec.serving.model import GenerativeRecommender
 
@@ -108,7 +109,7 @@ def configure_logging(serving: ServingConfig, access_log: bool) -> None:
         # hundred requests a second on two cores that logging costs more than the decoding.
         logging.getLogger("kserve.trace").setLevel(logging.WARNING)
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    install_rate_limits(serving.client_error_logs_per_minute)
+    install_rate_limits(serving.client_error_logs_per_minute, on_drop=LOG_LINES_DROPPED.inc)
 
 
 def serve(model: GenerativeRecommender, host: str, http_port: int, grpc_port: int | None,
