@@ -617,6 +617,7 @@ def main() -> None:
         axes[0].bar(names, [g.server_errors for g in groups], bottom=[a + b for a, b in zip(ok, refused)],
                     label="5xx", color="red")
         axes[0].set_yscale("log")
+        axes[0].set_ylim(bottom=0.8)
         axes[0].set_ylabel("requests")
         axes[0].tick_params(axis="x", rotation=45)
         axes[0].legend(fontsize=7)
