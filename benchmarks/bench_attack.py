@@ -59,6 +59,7 @@ from tests.serving_support import (
     ServerHandle,
     build_tiny_feature_repo,
     cached_tiny_model,
+    corrupt_feature_store,
     damaged_model_copies,
     free_port,
     start_server,
@@ -464,8 +465,7 @@ def feast_outage(folder: Path, group: GroupResult) -> None:
     the store is down in its gauge and readiness detail."""
     summaries_model = cached_tiny_model(summary_dim=8)
     repo = build_tiny_feature_repo(folder / "repo", summaries_model)
-    for path in Path(repo).rglob("*.db"):
-        path.write_bytes(b"corrupt" * 1000)
+    corrupt_feature_store(repo)
     handle = start_server(summaries_model, feature_repo=repo, log_path=folder / "feast-server.log")
     try:
         body = json.dumps(tiny_request(summaries_model)).encode()

@@ -153,6 +153,12 @@ def build_tiny_feature_repo(folder: str | Path, model_dir: str | Path, *, redis_
     return repo.path
 
 
+def corrupt_feature_store(repo: str | Path) -> None:
+    """Overwrites a repo's sqlite registry and online store with garbage: a store every read fails on."""
+    for path in Path(repo).rglob("*.db"):
+        path.write_bytes(b"corrupt" * 1000)
+
+
 def tiny_request(model_dir: str | Path, user: str = "u1", k: int = 5, items: Sequence[str] = ("i1", "i5"),
                  beam_policy: Sequence[int] | None = None) -> dict[str, Any]:
     """A valid v1 body for a model built by `build_tiny_model`."""

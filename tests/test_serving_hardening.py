@@ -24,6 +24,7 @@ from tests.serving_support import (
     ServerHandle,
     build_tiny_feature_repo,
     cached_tiny_model,
+    corrupt_feature_store,
     damaged_model_copies,
     predict,
     start_server,
@@ -426,8 +427,7 @@ def test_a_corrupt_feature_store_shows_in_metrics_and_readiness(tmp_path: Path) 
     the gauge, the error counter and the readiness detail all say the store is down."""
     summaries_model = cached_tiny_model(summary_dim=8)
     repo = build_tiny_feature_repo(tmp_path / "repo", summaries_model)
-    for path in Path(repo).rglob("*.db"):
-        path.write_bytes(b"corrupt" * 1000)
+    corrupt_feature_store(repo)
     handle = start_server(summaries_model, feature_repo=repo, log_path=tmp_path / "server.log")
     try:
         text = handle.metrics()

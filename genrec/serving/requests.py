@@ -46,7 +46,7 @@ from genrec.serving.policy import BeamLadder, BeamPolicy, PolicyError
 if TYPE_CHECKING:
     from genrec.serving.v2 import Tensor
 
-V1_FIELDS = {"user_id", "recent_items", "k", "beam_policy"}
+V1_FIELDS = frozenset({"user_id", "recent_items", "k", "beam_policy"})
 V2_INPUTS = {"user_id", "recent_items", "k", "beam_policy"}
 # Longest user id accepted: ids are keys, not documents; a bound keeps logs and Feast keys sane.
 MAX_USER_ID_CHARS = 256
@@ -101,6 +101,16 @@ def check_depth(value: Any, max_depth: int, what: str) -> None:
                                "(serving.max_json_depth); no genrec request needs that")
         children = node.values() if isinstance(node, dict) else node
         stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
+
+
+def check_fields(value: Any, allowed: frozenset[str], where: str, expected: str) -> dict[str, Any]:
+    """`value` as a JSON object whose keys are all in `allowed`."""
+    if not isinstance(value, dict):
+        raise RequestError(f"{where} must be {expected}, got {_show(value)}")
+    unknown = set(value) - allowed
+    if unknown:
+        raise RequestError(f"{where} has unknown field(s) {sorted(unknown)[:10]}; allowed: {sorted(allowed)}")
+    return value
 
 
 def _is_int(value: Any) -> bool:
@@ -167,12 +177,7 @@ def parse_v1(payload: Any, rules: RequestRules) -> list[Instance]:
     out = []
     for index, raw in enumerate(instances):
         where = f"instances[{index}]"
-        if not isinstance(raw, dict):
-            raise RequestError(f"{where} must be an object with user_id and k, got {_show(raw)}")
-        unknown = set(raw) - V1_FIELDS
-        if unknown:
-            raise RequestError(f"{where} has unknown field(s) {sorted(unknown)}; "
-                               f"allowed: {sorted(V1_FIELDS)}")
+        check_fields(raw, V1_FIELDS, where, "an object with user_id and k")
         for required in ("user_id", "k"):
             if required not in raw:
                 raise RequestError(f"{where} is missing the required field {required!r}")

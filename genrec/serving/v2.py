@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from genrec.serving.requests import RequestError, parse_json
+from genrec.serving.requests import RequestError, check_fields, parse_json
 
 # The protocol's tensor data types, with their little-endian numpy types (BYTES has none: each
 # element is length-prefixed).
@@ -111,12 +111,7 @@ def decode_request(body: bytes, header_length: str | None, max_depth: int) -> In
 
 
 def request_from_json(raw: Any, tail: bytes = b"") -> InferRequest:
-    if not isinstance(raw, dict):
-        raise RequestError('a v2 request must be a JSON object {"inputs": [...]}')
-    unknown = set(raw) - REQUEST_FIELDS
-    if unknown:
-        raise RequestError(f"unknown field(s) {sorted(unknown)} in the v2 request; allowed: "
-                           f"{sorted(REQUEST_FIELDS)}")
+    check_fields(raw, REQUEST_FIELDS, "the v2 request", 'a JSON object {"inputs": [...]}')
     if "inputs" not in raw:
         raise RequestError('missing field "inputs": a v2 request lists its input tensors')
     inputs = raw["inputs"]
@@ -158,11 +153,9 @@ def _outputs(value: Any) -> list[RequestedOutput] | None:
     out = []
     for index, spec in enumerate(value):
         where = f"outputs[{index}]"
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise RequestError(f'{where} must be an object with a string "name"')
-        unknown = set(spec) - OUTPUT_FIELDS
-        if unknown:
-            raise RequestError(f"{where} has unknown field(s) {sorted(unknown)}; allowed: name, parameters")
+        check_fields(spec, OUTPUT_FIELDS, where, 'an object {"name": ...}')
+        if not isinstance(spec.get("name"), str):
+            raise RequestError(f'{where} must have a string "name"')
         binary = _parameters(spec.get("parameters"), f"{where}.parameters").get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise RequestError(f"{where}.parameters.binary_data must be true or false")
@@ -172,12 +165,7 @@ def _outputs(value: Any) -> list[RequestedOutput] | None:
 
 def _tensor(spec: Any, where: str, tail: bytes, offset: int) -> tuple[Tensor, int]:
     """One input tensor and the number of binary bytes it took from `tail` at `offset`."""
-    if not isinstance(spec, dict):
-        raise RequestError(f"{where} must be a tensor object with name, datatype, shape and data")
-    unknown = set(spec) - TENSOR_FIELDS
-    if unknown:
-        raise RequestError(f"{where} has unknown field(s) {sorted(unknown)}; "
-                           f"allowed: {sorted(TENSOR_FIELDS)}")
+    check_fields(spec, TENSOR_FIELDS, where, "a tensor object with name, datatype, shape and data")
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise RequestError(f'{where}.name must be a non-empty string')
