@@ -14,6 +14,9 @@ for it). This protocol adds, per connection:
   error, where uvicorn's own limit answers plain text) and is closed.
 
 Each rejection counts in genrec_connection_rejections_total{reason} and logs one rate-limited line.
+A rejected connection closes the way nginx's lingering close does: the answer, then a half-close
+(FIN), then whatever the client still sends is read and dropped for up to `LINGER_SECONDS`. Closing
+at once with unread bytes in the socket would send a reset that can destroy the answer on its way.
 httptools stays the parser (h11 would bound the head too, at about half the speed).
 """
 
@@ -46,6 +49,10 @@ class ConnectionLimits:
                    serving.body_timeout_seconds, serving.max_connections)
 
 
+# How long a rejected connection drains what its client still sends before it closes.
+LINGER_SECONDS = 2.0
+
+
 class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a head past its bounds."""
 
@@ -62,6 +69,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._field_bytes = 0
         self._head_problem = ""
         self._timer: asyncio.TimerHandle | None = None
+        # Set once the connection is rejected: what arrives later is drained, not parsed.
+        self._lingering = False
 
     # -- connection events -------------------------------------------------------------------------
 
@@ -78,6 +87,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         self._unset_keepalive_if_required()
         if self._in_head:
             self._head_bytes += len(data)
@@ -176,12 +187,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # The route (if one runs) sees a disconnect and its answer goes nowhere.
             cycle.disconnected = True
             cycle.message_event.set()
-        if not answered and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if not answered:
             body = orjson.dumps({"error": message})
             self.transport.write(b"".join([
                 STATUS_LINE[status], b"content-type: application/json\r\n",
                 b"content-length: ", str(len(body)).encode(), b"\r\n", b"connection: close\r\n\r\n", body]))
-        self.transport.close()
+        self._disarm()
+        self._lingering = True
+        self.flow.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
 
 def bounded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
