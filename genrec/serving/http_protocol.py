@@ -71,6 +71,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         # Set once the connection is rejected: what arrives later is drained, not parsed.
         self._lingering = False
+        # Set when the server shuts down (SIGTERM): a rejected connection then closes at once.
+        self._shutting_down = False
 
     # -- connection events -------------------------------------------------------------------------
 
@@ -85,6 +87,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        self._shutting_down = True
+        if self._lingering:
+            self.transport.close()
+            return
+        super().shutdown()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -199,7 +208,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self.loop.call_later(0 if self._shutting_down else LINGER_SECONDS, self.transport.close)
 
 
 def bounded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
