@@ -7,22 +7,22 @@ command with exit code 1 and a short message that names the field and the fix, n
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from genrec.config import ConfigError, GenrecConfig, load_config
+from genrec.cli_support import ConfigOption, SetOption, console, err_console, friendly_errors
+from genrec.config import GenrecConfig, load_config
 
 app = typer.Typer(help="genrec: a generative recommender for advertising.", no_args_is_help=True)
 data_app = typer.Typer(help="Fetch, validate and describe data sets.", no_args_is_help=True)
@@ -35,8 +35,8 @@ app.add_typer(config_app, name="config")
 
 def _mount_subcommands() -> None:
     # Each library area owns its command group; they are mounted here so `genrec --help` lists all.
+    from genrec.controller.cli import controller_app
     from genrec.features.cli import features_app
-    from genrec.serving.controller_cli import controller_app
     from genrec.sid.cli import sid_app
     from genrec.train.cli import train_app
 
@@ -51,38 +51,9 @@ def _mount_subcommands() -> None:
 
 _mount_subcommands()
 
-console = Console()
-err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
-SetOption = typer.Option(None, "--set", help="Override a config field: section.key=value (repeatable).")
 DatasetArgument = typer.Argument(
     None, help="movielens-100k, amazon-beauty, amazon-scientific, or a path. Default: data.dataset."
 )
-
-
-def friendly_errors(func: F) -> F:
-    """Turns the library's bad-input errors into a one-screen message and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from genrec.data.schema import ContractError
-        from genrec.data.sources import SourceError
-        from genrec.data.validation import DataValidationError
-
-        try:
-            return func(*args, **kwargs)
-        except DataValidationError as exc:
-            err_console.print("[bold red]data validation failed[/]")
-            err_console.print(str(exc), markup=False, highlight=False)
-            raise typer.Exit(1) from exc
-        except (ConfigError, SourceError, ContractError) as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(1) from exc
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _config(
@@ -95,7 +66,7 @@ def _config(
 
 
 @config_app.command("show")
-@friendly_errors
+@friendly_errors()
 def config_show(config_path: Path | None = ConfigOption, overrides: list[str] | None = SetOption) -> None:
     """Print the full configuration (defaults, then the file, then --set) as YAML."""
     import yaml
@@ -110,7 +81,7 @@ def config_show(config_path: Path | None = ConfigOption, overrides: list[str] | 
 
 
 @data_app.command("fetch")
-@friendly_errors
+@friendly_errors()
 def data_fetch(
     dataset: str | None = DatasetArgument,
     config_path: Path | None = ConfigOption,
@@ -128,7 +99,7 @@ def data_fetch(
 
 
 @data_app.command("validate")
-@friendly_errors
+@friendly_errors()
 def data_validate(
     dataset: str | None = DatasetArgument,
     docs: Path = typer.Option(Path("runs/data-docs"), help="Folder for the Great Expectations Data Docs."),
@@ -152,7 +123,7 @@ def data_validate(
 
 
 @data_app.command("stats")
-@friendly_errors
+@friendly_errors()
 def data_stats(
     dataset: str | None = DatasetArgument,
     config_path: Path | None = ConfigOption,
@@ -221,7 +192,7 @@ def _pipeline_progress(total: int, log_path: Path, echo: bool) -> Iterator[None]
 
 
 @pipeline_app.command("run")
-@friendly_errors
+@friendly_errors()
 def pipeline_run(
     local_run: bool = typer.Option(False, "--local", help="Run the DAG here with kfp.local."),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="Data set name or path."),
@@ -275,7 +246,7 @@ def _print_run_summary(result: Any, log_path: Path) -> None:
 
 
 @pipeline_app.command("compile")
-@friendly_errors
+@friendly_errors()
 def pipeline_compile(
     output: Path = typer.Option(Path("genrec_pipeline.yaml"), "--output", "-o", help="IR YAML to write."),
     config_path: Path | None = ConfigOption,
@@ -290,7 +261,7 @@ def pipeline_compile(
 
 
 @pipeline_app.command("submit")
-@friendly_errors
+@friendly_errors()
 def pipeline_submit(
     host: str = typer.Option("", "--host", help="Kubeflow Pipelines API URL (default: pipeline.host)."),
     run_name: str | None = typer.Option(None, "--run-name", help="Name shown in the Kubeflow UI."),

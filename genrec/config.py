@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+# A Prometheus range such as 30s, 1m or 1h30m.
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 
 
 @dataclass
@@ -81,7 +87,7 @@ class SidConfig:
     levels: int = 3
     codes_per_level: int = 256
     # "rq_kmeans" (default) or "rq_vae".
-    quantizer: str = "rq_kmeans"
+    quantizer: Literal["rq_kmeans", "rq_vae"] = "rq_kmeans"
     # Capacity-constrained k-means: no code takes more than ceil(balance_slack * items / codes) items.
     balanced: bool = True
     balance_slack: float = 1.0
@@ -89,7 +95,8 @@ class SidConfig:
     # Text part: the packaged all-MiniLM-L6-v2, on title, description and categories.
     use_text: bool = True
     text_weight: float = 1.0
-    text_fields: list[str] = field(default_factory=lambda: ["title", "description", "categories"])
+    text_fields: list[Literal["title", "description", "brand", "categories"]] = field(
+        default_factory=lambda: ["title", "description", "categories"])
     text_batch_size: int = 64
     # Longer texts are truncated; 128 word pieces keep most titles + the start of a description.
     text_max_tokens: int = 128
@@ -98,7 +105,7 @@ class SidConfig:
     # Business attributes (brand + categories): multi-hot reduced by "svd", or "hash"ed.
     use_attributes: bool = True
     attribute_weight: float = 1.0
-    attribute_encoding: str = "svd"
+    attribute_encoding: Literal["svd", "hash"] = "svd"
     attribute_dim: int = 64
     # Quantile bucket of the item value, one-hot.
     use_value: bool = True
@@ -135,7 +142,7 @@ class ModelConfig:
 
     # "lazyar": the lower layers - top_layers see only the context and a learned query per level
     # and run once per request; "ar": every layer sees the generated prefix (the baseline).
-    decoder: str = "lazyar"
+    decoder: Literal["lazyar", "ar"] = "lazyar"
     d_model: int = 128
     layers: int = 4
     # M: the top layers that take the beam's generated prefix (LazyAR only; AR uses all layers).
@@ -166,7 +173,7 @@ class TrainConfig:
     # The learning rate warms up over this fraction of the steps, then decays to zero.
     warmup_fraction: float = 0.02
     # "cosine" or "linear" decay to zero.
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "linear"] = "cosine"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     # Batches hold examples of similar history length, which cuts padding (1.8x in the prototype).
@@ -180,7 +187,7 @@ class TrainConfig:
     # VSL: each example's cross-entropy is weighted by its normalised value; off gives plain CE.
     vsl: bool = True
     # "log1p" (weight = log(1 + value) / mean) or "linear" (value / mean).
-    value_transform: str = "log1p"
+    value_transform: Literal["log1p", "linear"] = "log1p"
     # An optional head that regresses the transformed value of the next item beside the codes.
     value_head: bool = False
     value_head_weight: float = 0.1
@@ -215,15 +222,15 @@ class RspoConfig:
 
     seed: int = 4321
     # "rspo" (list-wise softmax over the worse candidates) or "dpo" (pairwise, the ablation).
-    loss: str = "rspo"
+    loss: Literal["rspo", "dpo"] = "rspo"
     # Inverse temperature of the preference softmax over s(y) = log pi(y) - log pi_ref(y).
     beta: float = 1.0
     # Weight of each positive: "dcg" (its value gain times the discount it gains at the top),
     # "ndcg" (the same divided by the list's ideal DCG) or "none".
-    gain: str = "dcg"
+    gain: Literal["dcg", "ndcg", "none"] = "dcg"
     # Reward -> gain: "log1p" or "linear", divided by the mean over the training targets. Linear by
     # default: VSL already weighs examples by log1p(value); RSPO tilts further towards value.
-    reward_transform: str = "linear"
+    reward_transform: Literal["log1p", "linear"] = "linear"
     # Drift guard: weight of KL(pi || pi_ref) over each candidate list (renormalised on the list).
     kl_weight: float = 0.1
     # Candidate list: the policy's top `candidates` by trie-constrained beam search at these widths.
@@ -297,8 +304,6 @@ class VistaConfig:
     readout_hidden: int = 128
     # Items per chunk when summarising one long history: bounds memory at any history length.
     chunk_size: int = 4096
-    # Most recent items a summary sees; 0 means the whole history (the point of VISTA).
-    max_history: int = 0
     # Training summarises every prefix of a sequence at once, holding batch x length x K x d floats,
     # so training sequences keep only their last `train_max_history` items.
     train_max_history: int = 1024
@@ -323,14 +328,15 @@ class VistaConfig:
     eval_batch_users: int = 256
     # Refresh schedule: "period", "count", or "auto" (period for real timestamps, count for
     # order-only data).
-    refresh: str = "auto"
+    refresh: Literal["auto", "period", "count"] = "auto"
     # A pandas offset alias: "1D" is one snapshot per user per UTC day with activity.
     refresh_period: str = "1D"
     # S: one snapshot per user after every S interactions (plus one after the user's last).
     refresh_every_interactions: int = 5
     # The interactions snapshots include. Train + valid keeps the test target out of the online
     # store, so a leave-one-out test run through serving cannot see it.
-    snapshot_splits: list[str] = field(default_factory=lambda: ["train", "valid"])
+    snapshot_splits: list[Literal["train", "valid", "test"]] = field(
+        default_factory=lambda: ["train", "valid"])
     snapshot_batch_users: int = 1024
 
 
@@ -340,7 +346,7 @@ class FeatureStoreConfig:
 
     project: str = "genrec"
     # "sqlite" (embedded default) or "redis" (production-like).
-    online_store: str = "sqlite"
+    online_store: Literal["sqlite", "redis"] = "sqlite"
     # host:port[,option=value...], as Feast's Redis online store expects.
     redis_connection_string: str = "localhost:6379"
     # Redis keys expire after this many seconds; 0 keeps them.
@@ -366,9 +372,9 @@ class TolerationConfig:
     """A Kubernetes toleration for the pods of GPU steps."""
 
     key: str = "nvidia.com/gpu"
-    operator: str = "Exists"
+    operator: Literal["Exists", "Equal"] = "Exists"
     value: str = ""
-    effect: str = "NoSchedule"
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
 
 
 @dataclass
@@ -423,7 +429,7 @@ class DeployConfig:
     """Where a promoted model goes: a local registry + ModelServer, or a KServe InferenceService."""
 
     # "local" (registry folder + local `genrec serve`), "kserve" (the Kubernetes API), or "none".
-    target: str = "local"
+    target: Literal["local", "kserve", "none"] = "local"
     # Local: every promoted model is copied to <registry_dir>/models/vNNNN and never overwritten;
     # deployed.json names the one in force.
     registry_dir: str = "runs/registry"
@@ -642,20 +648,19 @@ class GenrecConfig:
         return GenrecConfig.from_dict(raw)
 
     def check(self) -> None:
-        """Cross-field rules that types alone cannot express."""
-        from genrec.serving.policy import BeamLadder, PolicyError
-
-        try:
-            BeamLadder.from_config(self.serving.beam_ladder, self.serving.default_rung,
-                                   self.serving.max_beam_width)
-        except PolicyError as exc:
-            raise ConfigError(str(exc)) from exc
+        """Every rule types alone cannot express, for every section: a config that loads is one every
+        process (pipeline steps, predictor, controller) accepts."""
+        problem = beam_ladder_problem(self.serving.beam_ladder, self.serving.default_rung,
+                                      self.serving.max_beam_width)
+        if problem:
+            raise ConfigError(problem)
         if not 0 <= self.controller.safe_rung < len(self.serving.beam_ladder):
             raise ConfigError(
                 f"controller.safe_rung={self.controller.safe_rung} must name a rung of serving.beam_ladder "
                 f"(0..{len(self.serving.beam_ladder) - 1})"
             )
         self._check_serving()
+        self._check_controller()
         if self.serving.exclude_history and self.serving.dare:
             raise ConfigError("serving.exclude_history is not wired into DARE's drafting yet: turn off "
                               "serving.dare or serving.exclude_history")
@@ -675,6 +680,44 @@ class GenrecConfig:
         self._check_model_train()
         self._check_rspo()
         self._check_pipeline_deploy()
+
+    def _check_controller(self) -> None:
+        c, serving = self.controller, self.serving
+        if c.slo_p99_seconds <= 0:
+            raise ConfigError("controller.slo_p99_seconds must be positive")
+        if not 0 < c.step_up_ratio < c.step_down_ratio:
+            raise ConfigError("controller: need 0 < step_up_ratio < step_down_ratio (the hysteresis band)")
+        if c.up_after < 1:
+            raise ConfigError("controller.up_after must be at least 1")
+        for name in ("interval_seconds", "query_timeout_seconds", "push_timeout_seconds", "resync_seconds",
+                     "capacity_memory_seconds"):
+            if getattr(c, name) <= 0:
+                raise ConfigError(f"controller.{name} must be positive")
+        for name in ("cooldown_seconds", "hold_seconds", "push_backoff_seconds", "push_retries",
+                     "up_inflight_ratio"):
+            if getattr(c, name) < 0:
+                raise ConfigError(f"controller.{name} must be non-negative")
+        if not 0 < c.capacity_margin <= 1:
+            raise ConfigError("controller.capacity_margin must be in (0, 1]")
+        for name in ("window", "fast_window"):
+            if not _DURATION.match(getattr(c, name)):
+                raise ConfigError(f"controller.{name}={getattr(c, name)!r} is not a Prometheus duration "
+                                  "such as 30s or 1m")
+        if c.rung_capacity_rps:
+            capacity = list(c.rung_capacity_rps)
+            if len(capacity) != len(serving.beam_ladder):
+                raise ConfigError(f"controller.rung_capacity_rps has {len(capacity)} entries; it needs one "
+                                  f"per rung of serving.beam_ladder ({len(serving.beam_ladder)}), narrowest "
+                                  "first, or none to turn the feed-forward off")
+            if any(not isinstance(x, (int, float)) or isinstance(x, bool) or not x > 0 for x in capacity):
+                raise ConfigError(f"controller.rung_capacity_rps={capacity}: every entry must be a positive "
+                                  "number of requests/s")
+            if any(b > a for a, b in zip(capacity, capacity[1:])):
+                raise ConfigError(f"controller.rung_capacity_rps={capacity}: a wider rung cannot carry more "
+                                  "than a narrower one; list the capacities narrowest rung first")
+        if not 0 < c.capacity_up_utilisation < c.capacity_down_utilisation <= 1:
+            raise ConfigError("controller: need 0 < capacity_up_utilisation < capacity_down_utilisation <= 1 "
+                              "(the feed-forward's hysteresis band)")
 
     def _check_serving(self) -> None:
         serving = self.serving
@@ -702,12 +745,6 @@ class GenrecConfig:
 
     def _check_rspo(self) -> None:
         rspo = self.rspo
-        choices = {"loss": ("rspo", "dpo"), "gain": ("dcg", "ndcg", "none"),
-                   "reward_transform": ("log1p", "linear")}
-        for name, allowed in choices.items():
-            if getattr(rspo, name) not in allowed:
-                raise ConfigError(f"rspo.{name} must be one of {', '.join(allowed)}, "
-                                  f"got {getattr(rspo, name)!r}")
         for name in ("candidates", "epochs", "batch_size", "version_digits", "log_every", "positive_window"):
             if getattr(rspo, name) < 1:
                 raise ConfigError(f"rspo.{name} must be at least 1")
@@ -729,16 +766,8 @@ class GenrecConfig:
         pipeline, gate, deploy = self.pipeline, self.gate, self.deploy
         if pipeline.accelerator_limit < 1:
             raise ConfigError("pipeline.accelerator_limit must be at least 1")
-        for index, toleration in enumerate(pipeline.gpu_tolerations):
-            if toleration.operator not in ("Exists", "Equal"):
-                raise ConfigError(f"pipeline.gpu_tolerations[{index}].operator must be Exists or Equal")
-            if toleration.effect not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
-                raise ConfigError(f"pipeline.gpu_tolerations[{index}].effect must be NoSchedule, "
-                                  "PreferNoSchedule, NoExecute or empty")
         if gate.recall_tolerance < 0 or gate.value_tolerance < 0:
             raise ConfigError("gate.recall_tolerance and gate.value_tolerance must be non-negative")
-        if deploy.target not in ("local", "kserve", "none"):
-            raise ConfigError(f"deploy.target must be local, kserve or none, got {deploy.target!r}")
         if not 0 <= deploy.canary_traffic_percent <= 99:
             raise ConfigError("deploy.canary_traffic_percent must be 0 (no canary) to 99")
         if deploy.server_ready_timeout_seconds <= 0:
@@ -746,8 +775,6 @@ class GenrecConfig:
 
     def _check_model_train(self) -> None:
         model, train = self.model, self.train
-        if model.decoder not in ("lazyar", "ar"):
-            raise ConfigError(f"model.decoder must be lazyar or ar, got {model.decoder!r}")
         if not 1 <= model.top_layers <= model.layers:
             raise ConfigError("model.top_layers must be between 1 and model.layers")
         if model.d_model % model.heads:
@@ -767,10 +794,6 @@ class GenrecConfig:
             raise ConfigError("train.lr must be positive; weight_decay, grad_clip, max_minutes non-negative")
         if not 0.0 <= train.warmup_fraction < 1.0:
             raise ConfigError("train.warmup_fraction must be in [0, 1)")
-        if train.schedule not in ("cosine", "linear"):
-            raise ConfigError(f"train.schedule must be cosine or linear, got {train.schedule!r}")
-        if train.value_transform not in ("log1p", "linear"):
-            raise ConfigError(f"train.value_transform must be log1p or linear, got {train.value_transform!r}")
         if not train.beam_widths or min(train.beam_widths) < 1:
             raise ConfigError("train.beam_widths needs at least one width, each at least 1")
         if min(train.threads, train.valid_users, train.max_examples_per_user, train.skip_latest,
@@ -782,14 +805,6 @@ class GenrecConfig:
         sid = self.sid
         if sid.levels < 1 or sid.codes_per_level < 2:
             raise ConfigError("sid.levels must be at least 1 and sid.codes_per_level at least 2")
-        if sid.quantizer not in ("rq_kmeans", "rq_vae"):
-            raise ConfigError(f"sid.quantizer must be rq_kmeans or rq_vae, got {sid.quantizer!r}")
-        if sid.attribute_encoding not in ("svd", "hash"):
-            raise ConfigError(f"sid.attribute_encoding must be svd or hash, got {sid.attribute_encoding!r}")
-        unknown = sorted(set(sid.text_fields) - {"title", "description", "brand", "categories"})
-        if unknown:
-            raise ConfigError(f"sid.text_fields: unknown field {unknown[0]!r}; use title, description, "
-                              "brand or categories")
         if sid.balance_slack < 1.0:
             raise ConfigError("sid.balance_slack must be at least 1.0: less leaves items without a code")
         if sid.value_buckets < 2:
@@ -829,21 +844,16 @@ class GenrecConfig:
         # exp(-2 * cap) must stay a normal float32 (about 1e-38) for the prefix sums to be exact.
         if not 0 < vista.logit_cap <= 40:
             raise ConfigError("vista.logit_cap must be in (0, 40]")
-        if vista.max_history < 0 or vista.threads < 0:
-            raise ConfigError("vista.max_history and vista.threads must be non-negative (0 = no limit)")
+        if vista.threads < 0:
+            raise ConfigError("vista.threads must be non-negative (0: torch's default)")
         if vista.lr <= 0 or vista.weight_decay < 0 or vista.reconstruction_weight < 0 or vista.init_std <= 0:
             raise ConfigError("vista.lr and vista.init_std must be positive, vista.weight_decay and "
                               "vista.reconstruction_weight non-negative")
-        if vista.refresh not in ("auto", "period", "count"):
-            raise ConfigError(f"vista.refresh must be auto, period or count, got {vista.refresh!r}")
-        unknown = sorted(set(vista.snapshot_splits) - {"train", "valid", "test"})
-        if unknown or not vista.snapshot_splits:
+        if not vista.snapshot_splits:
             raise ConfigError("vista.snapshot_splits must list some of train, valid, test")
 
     def _check_features(self) -> None:
         features = self.features
-        if features.online_store not in ("sqlite", "redis"):
-            raise ConfigError(f"features.online_store must be sqlite or redis, got {features.online_store!r}")
         if not features.project.replace("_", "").isalnum():
             raise ConfigError("features.project may hold only letters, digits and underscores")
         if features.online_write_batch_rows < 1 or features.show_top_items < 1:
@@ -851,6 +861,22 @@ class GenrecConfig:
                               "at least 1")
         if features.redis_key_ttl_seconds < 0:
             raise ConfigError("features.redis_key_ttl_seconds must be non-negative (0 = keys never expire)")
+
+
+def beam_ladder_problem(rungs: Sequence[Sequence[int]], default_rung: int, max_width: int) -> str:
+    """What is wrong with a beam ladder ('' when nothing): rungs of per-level widths 1..max_width,
+    ordered cheapest (fewest beams over all levels) first, and a default rung on the ladder."""
+    if not rungs:
+        return "serving.beam_ladder needs at least one rung"
+    for index, widths in enumerate(rungs):
+        if not widths or any(w < 1 or w > max_width for w in widths):
+            return f"serving.beam_ladder[{index}]={list(widths)}: every width must be 1..{max_width}"
+    costs = [sum(widths) for widths in rungs]
+    if costs != sorted(costs):
+        return f"serving.beam_ladder must be ordered from cheapest to widest; costs {costs}"
+    if not 0 <= default_rung < len(rungs):
+        return f"serving.default_rung={default_rung} must be 0..{len(rungs) - 1}"
+    return ""
 
 
 T = TypeVar("T")
@@ -906,6 +932,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if isinstance(value, str) and value in allowed:
+            return value
+        raise ConfigError(f"config field {where} must be one of {', '.join(repr(a) for a in allowed)}, "
+                          f"got {value!r}")
     if hint is Any:
         return value
     if hint is bool:

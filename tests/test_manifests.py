@@ -23,8 +23,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from genrec import contract as metrics
 from genrec.config import GenrecConfig
-from genrec.serving import metrics
 from tests.conftest import REPO, REQUIRE_SERVERS
 
 MANIFESTS = REPO / "manifests"
@@ -713,7 +713,7 @@ def metric_names(expr: str) -> set[str]:
 
 def known_series() -> set[str]:
     names = {v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str) and v.startswith("genrec_")}
-    assert names, "genrec/serving/metrics.py defines no metric names"
+    assert names, "genrec/contract.py defines no metric names"
     histograms = {metrics.REQUEST_SECONDS, metrics.FEATURE_FETCH_SECONDS, metrics.DECODE_SECONDS,
                   metrics.BATCH_SIZE}
     return names | {f"{h}_{suffix}" for h in histograms for suffix in ("bucket", "sum", "count")}

@@ -14,7 +14,8 @@ import pytest
 from genrec.config import GenrecConfig
 from genrec.serving import v2
 from genrec.serving.policy import BeamLadder
-from genrec.serving.requests import RequestError, RequestRules, check_depth, parse_json, parse_v1, parse_v2
+from genrec.serving.requests import RequestError, RequestRules, check_depth, parse_json, parse_v1
+from genrec.serving.v2 import parse_v2
 
 DEPTH = GenrecConfig().serving.max_json_depth
 

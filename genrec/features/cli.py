@@ -8,7 +8,6 @@ Bad input (no such repo, unknown user, unreadable time) ends with a one-line mes
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,16 +15,14 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from genrec.cli_support import console, friendly_errors
 from genrec.config import FeatureStoreConfig
 
 features_app = typer.Typer(help="Inspect the VISTA user summaries in a run's Feast feature repo.",
                            no_args_is_help=True)
 
-console = Console()
-err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,17 +34,9 @@ class CliInputError(ValueError):
 
 
 def _friendly(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from genrec.features.repo import FeatureRepoError
+    from genrec.features.repo import FeatureRepoError
 
-        try:
-            return func(*args, **kwargs)
-        except (CliInputError, FeatureRepoError, FileNotFoundError) as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(1) from exc
-
-    return wrapper  # type: ignore[return-value]
+    return friendly_errors(CliInputError, FeatureRepoError, FileNotFoundError)(func)
 
 
 def _parse_time(text: str) -> pd.Timestamp:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genrec.config import GenrecConfig, ModelConfig
+from genrec.config import GenrecConfig
 from genrec.io import atomic_path
 from genrec.model.beam import TrieTables, beam_search
 from genrec.model.decoder import PAD_ITEM, SidDecoder, SidSpace, build_decoder
@@ -110,7 +110,9 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Traine
         raise ModelArtefactError(f"{folder / MANIFEST_FILE} lacks {', '.join(missing)}: the file is damaged; "
                                  "copy the model folder again or retrain")
     try:
-        config = GenrecConfig.from_dict({"model": manifest["model_config"]}).model
+        # The decoder kind goes through the config's check too: an unknown kind is a clear error.
+        config = GenrecConfig.from_dict({"model": {**manifest["model_config"],
+                                                   "decoder": manifest["decoder"]}}).model
     except ValueError as exc:
         raise ModelArtefactError(f"{folder / MANIFEST_FILE}: model_config is not valid ({exc}): retrain "
                                  "with this genrec version") from exc
@@ -123,8 +125,8 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Traine
                                  "folder mixes two models; copy it again or retrain")
     try:
         space = SidSpace(manifest["level_sizes"], codes.cpu().numpy())
-        decoder = _decoder_for(config, manifest["decoder"], space, manifest["summary_dim"],
-                               manifest["value_head"])
+        decoder = build_decoder(config, space, summary_dim=manifest["summary_dim"],
+                                value_head=manifest["value_head"])
         decoder.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
@@ -168,8 +170,3 @@ def _read_state(path: Path, device: torch.device | str) -> dict[str, torch.Tenso
                                  "`model` output of train_generator")
     return state
 
-
-def _decoder_for(config: ModelConfig, kind: str, space: SidSpace, summary_dim: int, value_head: bool
-                 ) -> SidDecoder:
-    config = dataclasses.replace(config, decoder=kind)
-    return build_decoder(config, space, summary_dim=summary_dim, value_head=value_head)

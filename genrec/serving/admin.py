@@ -35,13 +35,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from genrec.config import ServingConfig
+from genrec.contract import ADMIN_PATH, rung_of
 from genrec.serving import instruments as m
 from genrec.serving.logs import client_error
 from genrec.serving.policy import BeamLadder, BeamPolicy
 from genrec.serving.requests import RequestError, parse_json
-
-ADMIN_PATH = "/admin/beam-policy"
-SOURCES = ("default", "admin", "guard")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -300,8 +298,8 @@ def install_admin_routes(app: Any, state: PolicyState, token_env: str, max_json_
             body = parse_json(await request.body(), max_json_depth, "the admin body")
         except RequestError as exc:
             return refuse(request, 400, f'{exc}; send {{"rung": <int>}}')
-        rung = body.get("rung") if isinstance(body, dict) else None
-        if not isinstance(rung, int) or isinstance(rung, bool) or set(body) != {"rung"}:
+        rung = rung_of(body)
+        if rung is None or set(body) != {"rung"}:
             return refuse(request, 422, 'the body must be JSON {"rung": <int>} and nothing else')
         if not 0 <= rung <= state.ladder.top:
             return refuse(request, 422, f"rung {rung} is outside the ladder 0..{state.ladder.top}")

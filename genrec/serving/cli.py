@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from genrec.cli_support import ConfigOption, SetOption
 from genrec.config import ConfigError, load_config
 
 
@@ -13,8 +14,8 @@ def serve(
     model_dir: str = typer.Option(..., "--model-dir", help="Model folder (or file:// URI) from training."),
     feature_repo: Path = typer.Option(None, "--feature-repo",
                                       help="Feast feature repo with the users' summaries (online store)."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config file (see configs/)."),
-    overrides: list[str] = typer.Option(None, "--set", help="Override a config field: section.key=value."),
+    config: Path = ConfigOption,
+    overrides: list[str] = SetOption,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 in a container)."),
     http_port: int = typer.Option(None, "--http-port", help="HTTP port (default serving.http_port)."),
     grpc_port: int = typer.Option(None, "--grpc-port", help="gRPC port (default serving.grpc_port)."),

@@ -2,14 +2,14 @@
 
 `GET /metrics` on the HTTP port serves the default `prometheus_client.REGISTRY` without the series of
 servers this process does not run (`exported`), so registering here is all it takes to export them.
-Names come from `genrec.serving.metrics`; labels are small fixed sets (never a user or item id).
+Names come from `genrec.contract`; labels are small fixed sets (never a user or item id).
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from genrec.serving import metrics as names
+from genrec import contract as names
 
 # Request latencies on a 2-core CPU run from about a millisecond to a few hundred; the SLO the
 # controller watches is 100 ms, so the buckets are dense around it.

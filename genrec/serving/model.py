@@ -159,10 +159,8 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
 
     async def infer(self, request: v2.InferRequest) -> list[v2.OutputTensor]:
         """The v2 outputs for a decoded v2 request (the requested ones are picked when encoding)."""
-        from genrec.serving.requests import parse_v2
-
         request.selected(OUTPUT_NAMES)  # an unknown output name is a 400 before any decoding
-        answers = await self.recommend(parse_v2(request.inputs, self.request_rules()))
+        answers = await self.recommend(v2.parse_v2(request.inputs, self.request_rules()))
         return self.v2_outputs(answers)
 
     def v2_outputs(self, answers: list[Recommendation]) -> list[v2.OutputTensor]:

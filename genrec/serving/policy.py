@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from genrec.config import beam_ladder_problem
+
 
 class PolicyError(ValueError):
     """A beam policy is outside what the ladder allows."""
@@ -42,21 +44,12 @@ class BeamLadder:
 
     @classmethod
     def from_config(cls, rungs: Sequence[Sequence[int]], default_rung: int, max_width: int) -> BeamLadder:
-        if not rungs:
-            raise PolicyError("serving.beam_ladder needs at least one rung")
-        policies = []
-        for index, widths in enumerate(rungs):
-            if not widths or any(w < 1 or w > max_width for w in widths):
-                raise PolicyError(
-                    f"serving.beam_ladder[{index}]={list(widths)}: every width must be 1..{max_width}"
-                )
-            policies.append(BeamPolicy(tuple(int(w) for w in widths)))
-        costs = [p.cost for p in policies]
-        if costs != sorted(costs):
-            raise PolicyError(f"serving.beam_ladder must be ordered from cheapest to widest; costs {costs}")
-        if not 0 <= default_rung < len(policies):
-            raise PolicyError(f"serving.default_rung={default_rung} must be 0..{len(policies) - 1}")
-        return cls(tuple(policies), default_rung, max_width)
+        """The ladder, by the rule the config is checked with at load time (`beam_ladder_problem`)."""
+        problem = beam_ladder_problem(rungs, default_rung, max_width)
+        if problem:
+            raise PolicyError(problem)
+        policies = tuple(BeamPolicy(tuple(int(w) for w in widths)) for widths in rungs)
+        return cls(policies, default_rung, max_width)
 
     def __len__(self) -> int:
         return len(self.rungs)

@@ -21,13 +21,24 @@ INVALID_ARGUMENT).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from genrec.serving.requests import RequestError, check_fields, parse_json
+from genrec.serving.requests import (
+    Instance,
+    RequestError,
+    RequestRules,
+    check_fields,
+    check_items,
+    check_k,
+    check_policy,
+    check_user,
+    parse_json,
+)
 
 # The protocol's tensor data types, with their little-endian numpy types (BYTES has none: each
 # element is length-prefixed).
@@ -43,6 +54,8 @@ HEADER_LENGTH = "inference-header-content-length"
 REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
 TENSOR_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 OUTPUT_FIELDS = frozenset({"name", "parameters"})
+# genrec's inputs (`genrec.serving.requests` documents them).
+V2_INPUTS = frozenset({"user_id", "recent_items", "k", "beam_policy"})
 # A tensor's rank: genrec's inputs have rank 1 or 2 and its outputs 3; a rank this high is an attack
 # on shape arithmetic, not a request.
 MAX_RANK = 8
@@ -283,6 +296,98 @@ def check_element(datatype: str, value: Any, where: str) -> None:
         wanted = "a number"
     if not ok:
         raise RequestError(f"{where} must be {wanted} for datatype {datatype}, got {_show(value)}")
+
+
+# -- genrec's instances ----------------------------------------------------------------------------
+
+
+def parse_v2(inputs: Sequence[Tensor], rules: RequestRules) -> list[Instance]:
+    """genrec's instances from decoded v2 input tensors: one row per request, the inputs and their
+    datatypes as the module docstring of `genrec.serving.requests` lists them."""
+    config = rules.config
+    tensors: dict[str, tuple[list[int], list[Any]]] = {}
+    for tensor in inputs:
+        name = tensor.name
+        if name not in V2_INPUTS:
+            raise RequestError(f"unknown input {name[:40]!r}; allowed inputs: {sorted(V2_INPUTS)}")
+        if name in tensors:
+            raise RequestError(f"input {name!r} is given twice")
+        text = name in ("user_id", "recent_items")
+        if text and tensor.datatype != "BYTES":
+            raise RequestError(f"input {name} must have datatype BYTES (strings), got {tensor.datatype}")
+        if not text and tensor.datatype not in INTEGER_TYPES:
+            raise RequestError(f"input {name} must have an integer datatype (INT64, INT32, ...), "
+                               f"got {tensor.datatype}")
+        tensors[name] = (list(tensor.shape), list(tensor.data))
+    for required in ("user_id", "k"):
+        if required not in tensors:
+            raise RequestError(f"missing the required input {required!r}")
+    users_shape, users = tensors["user_id"]
+    if len(users_shape) != 1 or not users:
+        raise RequestError(f"input user_id must have shape [B] with B >= 1, got {users_shape}")
+    batch = len(users)
+    if batch > config.max_instances_per_request:
+        raise RequestError(f"user_id has {batch} rows; at most {config.max_instances_per_request} "
+                           "per request")
+    users = [_text(u) for u in users]
+    ks = _rows("k", tensors["k"], batch, scalar=True)
+    policies = _rows("beam_policy", tensors["beam_policy"], batch, scalar=False) \
+        if "beam_policy" in tensors else [None] * batch
+    histories: list[list[Any] | None] = [None] * batch
+    if "recent_items" in tensors:
+        shape, data = tensors["recent_items"]
+        if len(shape) != 2 or shape[0] != batch:
+            raise RequestError(f"input recent_items must have shape [{batch}, R] (pad rows with \"\"), "
+                               f"got {shape}")
+        width = shape[1]
+        if width > config.max_recent_items:
+            raise RequestError(f"input recent_items has {width} columns; at most {config.max_recent_items} "
+                               "are accepted (send the most recent ones)")
+        histories = [[_text(x) for x in data[row * width:(row + 1) * width] if _text(x) != ""]
+                     for row in range(batch)]
+    out = []
+    for row in range(batch):
+        where = f"row {row}"
+        history = histories[row]
+        # An all-padding row means "no recent items" for that row, as an omitted field does in v1.
+        history_given = bool(history)
+        out.append(Instance(
+            user_id=check_user(users[row], where),
+            recent_items=check_items(history, where, config) if history_given else (),
+            k=check_k(ks[row], where, config),
+            policy=None if policies[row] is None else check_policy(policies[row], where, rules),
+            history_given=history_given,
+        ))
+    ks_seen = {instance.k for instance in out}
+    if len(ks_seen) > 1:
+        raise RequestError("a v2 request returns one [B, K] tensor: give every row the same k")
+    return out
+
+
+def _rows(name: str, tensor: tuple[list[int], list[Any]], batch: int, scalar: bool) -> list[Any]:
+    """One value (scalar) or one list (vector) per row, from a [1]/[B] or [1, L]/[B, L] tensor."""
+    shape, data = tensor
+    if scalar:
+        if len(shape) != 1 or shape[0] not in (1, batch) or len(data) != shape[0]:
+            raise RequestError(f"input {name} must have shape [1] or [{batch}], got {shape}")
+        values = [_number(v) for v in data]
+        return values * batch if len(values) == 1 else values
+    if len(shape) != 2 or shape[0] not in (1, batch) or shape[1] < 1 or len(data) != shape[0] * shape[1]:
+        raise RequestError(f"input {name} must have shape [1, L] or [{batch}, L], got {shape}")
+    width = shape[1]
+    rows = [[_number(v) for v in data[r * width:(r + 1) * width]] for r in range(shape[0])]
+    return rows * batch if len(rows) == 1 else rows
+
+
+def _number(value: Any) -> Any:
+    # JSON numbers in a v2 INT tensor may arrive as floats (1.0); only integral values count.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 # -- responses -------------------------------------------------------------------------------------

@@ -9,16 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from genrec.cli_support import console, fail
 from genrec.sid.codebook import Codebook, CodebookError
 
 sid_app = typer.Typer(help="Inspect UA-SID codebooks (semantic IDs of items).", no_args_is_help=True)
 
-console = Console()
-err_console = Console(stderr=True)
 
 
 @sid_app.callback()
@@ -31,8 +29,7 @@ def _load(folder: Path) -> Codebook:
     try:
         return Codebook.load(folder)
     except CodebookError as exc:
-        err_console.print("[bold red]error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from exc
+        fail(str(exc))
 
 
 def _label(codebook: Codebook, item_id: str) -> str:
@@ -55,8 +52,7 @@ def show(
         sample = ", ".join(codebook.item_ids[:3])
         message = (f"item {item!r} is not in the codebook at {codebook_dir} "
                    f"({len(codebook)} items, e.g. {sample})")
-        err_console.print("[bold red]error:[/] " + escape(message), highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        fail(message)
     limit = limit or codebook.config.show_limit
     sid = codebook.sid_of(item)
     console.print(f"[bold]{_label(codebook, item)}[/]", highlight=False)

@@ -31,11 +31,12 @@ from genrec.config import ConfigError, GenrecConfig, SidConfig
 from genrec.io import atomic_path
 from genrec.sid.features import TextEncoder, build_item_features, category_lists
 from genrec.sid.quantize import (
+    Quantised,
     add_dedup_level,
     collision_figures,
     level_usage,
     prefix_coherence,
-    quantise,
+    rq_kmeans,
 )
 from genrec.sid.trie import SidTrie
 
@@ -178,6 +179,15 @@ class Codebook:
 # Building
 # ------------------------------------------------------------------------------------------------
 
+
+
+def quantise(features: np.ndarray, config: SidConfig) -> Quantised:
+    """The configured quantiser (sid.quantizer) on the fused item vectors."""
+    if config.quantizer == "rq_vae":
+        from genrec.sid.rqvae import rq_vae
+
+        return rq_vae(features, config)
+    return rq_kmeans(features, config)
 
 def build_codebook(catalogue: pd.DataFrame, interactions: pd.DataFrame, config: SidConfig,
                    text_encoder: TextEncoder | None = None) -> Codebook:

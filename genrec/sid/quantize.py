@@ -120,14 +120,6 @@ def rq_kmeans(features: np.ndarray, config: SidConfig) -> Quantised:
     return Quantised(codes, centroids, (residual**2).sum(axis=1))
 
 
-def quantise(features: np.ndarray, config: SidConfig) -> Quantised:
-    if config.quantizer == "rq_vae":
-        from genrec.sid.rqvae import rq_vae
-
-        return rq_vae(features, config)
-    return rq_kmeans(features, config)
-
-
 def encode_greedy(features: np.ndarray, centroids: list[np.ndarray]) -> np.ndarray:
     """Codes of new vectors under fitted centroids: the nearest code at each level, no capacity."""
     residual = np.asarray(features, dtype=np.float64).copy()

@@ -24,22 +24,19 @@ Bad input ends with one clear line naming the field and the fix, and exit code 1
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from genrec.cli_support import ConfigOption, SetOption, console, friendly_errors
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 train_app = typer.Typer(help="Fine-tune a trained generator (RSPO, continual updates).", no_args_is_help=True)
 
-console = Console()
-err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class TrainInputError(ValueError):
@@ -53,22 +50,11 @@ def _group() -> None:
 
 
 def _friendly(func: F) -> F:
-    """genrec.cli's friendly_errors (config, contract and data errors; FeedbackError is a contract
-    error) plus this group's own: an unreadable model folder or file, a bad option combination."""
+    """The shared input errors plus this group's own: an unreadable model folder or file, a bad
+    option combination."""
+    from genrec.model.artefact import ModelArtefactError
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        # Imported here: genrec.cli mounts this module while it is itself being imported.
-        from genrec.cli import friendly_errors
-        from genrec.model.artefact import ModelArtefactError
-
-        try:
-            return friendly_errors(func)(*args, **kwargs)
-        except (TrainInputError, ModelArtefactError, FileNotFoundError) as exc:
-            err_console.print("[bold red]error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from exc
-
-    return wrapper  # type: ignore[return-value]
+    return friendly_errors(TrainInputError, ModelArtefactError, FileNotFoundError)(func)
 
 
 def _read_parquet(path: Path, option: str) -> Any:
@@ -110,9 +96,8 @@ def rspo(
                                        "only its train rows are used."),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Where the new version goes "
                                            "(default: beside the model)."),
-    config_path: Path | None = typer.Option(None, "--config", "-c", help="YAML config file (see configs/)."),
-    overrides: list[str] | None = typer.Option(None, "--set", help="Override a config field: "
-                                               "section.key=value (repeatable)."),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
 ) -> None:
     """RSPO fine-tuning into a new model version: on a feedback log (--feedback, --history) or on
     the training split (--splits)."""

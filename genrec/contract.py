@@ -1,8 +1,34 @@
-"""Prometheus metric names shared by the predictor, the controller, alerts and the dashboard.
+"""The wire contract between the predictor and the beam-width controller: two processes, two
+Deployments, one module both import.
 
-Names follow Prometheus conventions (snake_case, a `genrec_` namespace, base units, `_total` for
-counters, `_seconds` for durations). No label ever carries a user id: labels are bounded sets.
+- The admin endpoint: `GET/PUT ADMIN_PATH`, the body `{"rung": <int>}` (`rung_body`, `rung_of`), the
+  answer `{"rung", "widths", "source"}` with `source` one of `POLICY_SOURCES`.
+- The Prometheus metric names the predictor exports and the controller, the alerts and the
+  dashboard read.
+
+Metric names follow Prometheus conventions (snake_case, a `genrec_` namespace, base units, `_total`
+for counters, `_seconds` for durations). No label ever carries a user id: labels are bounded sets.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+ADMIN_PATH = "/admin/beam-policy"
+# Who set the rung in force: the default, the admin endpoint (the controller), or the local guard.
+POLICY_SOURCES = ("default", "admin", "guard")
+
+
+def rung_body(rung: int) -> dict[str, int]:
+    """The PUT body that asks a replica for `rung`."""
+    return {"rung": rung}
+
+
+def rung_of(body: Any) -> int | None:
+    """The rung a PUT body (or a GET answer) names, or None when it is not `{"rung": <int>, ...}`."""
+    rung = body.get("rung") if isinstance(body, dict) else None
+    return rung if isinstance(rung, int) and not isinstance(rung, bool) else None
+
 
 # Predictor
 REQUEST_SECONDS = "genrec_request_duration_seconds"  # histogram, end to end

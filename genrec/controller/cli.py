@@ -12,21 +12,17 @@ import signal
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from genrec.cli_support import ConfigOption, SetOption, fail
 from genrec.config import ConfigError, load_config
 
 controller_app = typer.Typer(help="Run the beam-width controller (reads Prometheus, sets replicas' beams).")
 
-err_console = Console(stderr=True)
-
 
 @controller_app.callback(invoke_without_command=True)
 def controller(
-    config_path: Path | None = typer.Option(None, "--config", "-c", help="YAML config file (see configs/)."),
-    overrides: list[str] | None = typer.Option(
-        None, "--set", help="Override a config field: section.key=value (repeatable)."),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG logs every interval's decision."),
 ) -> None:
     """Every controller.interval_seconds: query Prometheus, choose a rung, push it to every replica.
@@ -35,7 +31,7 @@ def controller(
     admin token is read from the environment variable named by serving.admin_token_env. Metrics on
     controller.metrics_port.
     """
-    from genrec.serving.controller import BeamController, admin_token
+    from genrec.controller.loop import BeamController, admin_token
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -43,19 +39,16 @@ def controller(
         token = admin_token(cfg.serving)
         ctl = BeamController(cfg.controller, cfg.serving, token)
     except ConfigError as exc:
-        err_console.print("[bold red]error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from exc
+        fail(str(exc))
     try:
         ctl.metrics.serve(cfg.controller.metrics_port)
     except OSError as exc:
-        err_console.print(f"[bold red]error:[/] cannot serve metrics on port {cfg.controller.metrics_port}: "
-                          + escape(str(exc)), highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from exc
+        fail(f"cannot serve metrics on port {cfg.controller.metrics_port}: {exc}")
     asyncio.run(_run(ctl))
 
 
 async def _run(ctl: object) -> None:
-    from genrec.serving.controller import BeamController
+    from genrec.controller.loop import BeamController
 
     assert isinstance(ctl, BeamController)
     stop = asyncio.Event()
