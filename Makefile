@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Extra flags for `genrec pipeline run`, e.g. make run RUN_ARGS="--dataset amazon-beauty".
 RUN_ARGS ?=
 
-.PHONY: install run test bench lint compile lock clean
+.PHONY: install run test test-fast bench lint compile lock clean
 
 # torch goes in first and alone: any other route pulls a multi-GB CUDA build where the CPU wheel
 # pinned here is wanted. Everything else is pinned in requirements.lock.
@@ -26,6 +26,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The tests that start no server (no Redis, Prometheus, genrec serve or pipeline run): a quick loop.
+test-fast: install
+	$(BIN)/python -m pytest -m "not integration"
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -26,7 +26,7 @@ from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
 from genrec.model.beam import beam_search
 from genrec.serving.model import build_pool_from_frame
-from genrec.serving.speculative import RetrievalPool, cluster_of_requests, dare_beam_search, verify_pass
+from genrec.serving.speculative import RetrievalPool, cluster_of_requests, dare_beam_search
 from genrec.train.data import evaluation_requests
 
 TOP_K = 10
@@ -97,7 +97,7 @@ def main() -> None:
             runs["exact"]["overlap"].append(1.0)
 
             t0 = time.perf_counter()
-            verify_pass(decoder, decoder.start(decoder.embed_context(row)), floor_rows, floor_codes)
+            decoder.verify(decoder.start(decoder.embed_context(row)), floor_rows, floor_codes)
             floor_ms.append((time.perf_counter() - t0) * 1000)
 
             for name, strict in (("dare", False), ("dare_strict", True)):

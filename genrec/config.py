@@ -377,6 +377,12 @@ class TolerationConfig:
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
 
 
+# The DAG's steps, by component name.
+PipelineStep = Literal["ingest_and_validate", "split_interactions", "build_codebook", "train_summarizer",
+                       "materialize_summaries", "train_generator", "finetune_rspo", "evaluate", "log_metrics",
+                       "gate_model", "deploy_model"]
+
+
 @dataclass
 class PipelineConfig:
     """How the Kubeflow pipeline runs."""
@@ -392,8 +398,10 @@ class PipelineConfig:
     experiment: str = "genrec"
     # Kubeflow multi-user namespace of the run (empty: the endpoint's default).
     namespace: str = ""
-    # Steps that run on GPU nodes in a cluster (component names). kfp.local ignores all of this.
-    gpu_steps: list[str] = field(default_factory=lambda: ["train_generator", "finetune_rspo"])
+    # Steps that run on GPU nodes in a cluster (component names). None by default: the default image
+    # is the CPU build. configs/cluster.yaml names the CUDA image and the training steps together.
+    # kfp.local ignores all of this.
+    gpu_steps: list[PipelineStep] = field(default_factory=list)
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_limit: int = 1
     # nvidia.com/gpu.present is set by NVIDIA GPU feature discovery; GPU pools are usually tainted

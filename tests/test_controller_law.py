@@ -14,8 +14,9 @@ import math
 
 import pytest
 
-from genrec.config import ServingConfig
+from genrec.config import ControllerConfig, ServingConfig
 from genrec.controller.law import LawParams, LawState, Observation, capacity_ceiling, decide
+from genrec.controller.prometheus import controller_queries
 from tests.controller_support import ok, params, run
 
 
@@ -321,3 +322,18 @@ def test_a_good_reading_resets_the_hold_timer() -> None:
     s, _ = decide(s, ok(0.07), 18.0, p)
     s, d = decide(s, down, 35.0, p)
     assert (d.action, s.rung) == ("hold", 2)
+
+
+# The observation the law reads: the queries behind it.
+
+def test_queries_use_selector_window_and_metric_names() -> None:
+    c = ControllerConfig(selector='job="p"', window="7s", gpu_selector='pod=~"genrec.*"')
+    q = controller_queries(c)
+    assert q["p99"] == ('histogram_quantile(0.99, sum by (le) '
+                        '(rate(genrec_request_duration_seconds_bucket{job="p"}[7s])))')
+    assert q["rate"] == 'sum(rate(genrec_requests_total{job="p"}[7s]))'
+    assert q["inflight"] == 'max(genrec_inflight_requests{job="p"})'
+    assert q["gpu"] == 'avg(DCGM_FI_DEV_GPU_UTIL{pod=~"genrec.*"})'
+    assert q["fast_rate"] == 'sum(rate(genrec_requests_total{job="p"}[15s]))'
+    assert q["min_rung"] == 'min(genrec_beam_rung{job="p"})'
+    assert q["guard"] == 'sum(increase(genrec_inflight_guard_stepdowns_total{job="p"}[15s]))'

@@ -26,10 +26,9 @@ import aiohttp
 import httpx
 import pytest
 
-from genrec.config import ControllerConfig, GenrecConfig
+from genrec.config import GenrecConfig
 from genrec.controller.loop import BeamController, Tick
 from genrec.controller.metrics import ControllerMetrics
-from genrec.controller.prometheus import controller_queries
 from tests.conftest import require_binary
 from tests.prometheus_support import LocalPrometheus, free_port
 
@@ -260,17 +259,3 @@ def test_controller_with_real_prometheus_and_predictor(tmp_path: Path) -> None:
         if prometheus is not None:
             prometheus.stop()
         server.stop()
-
-
-def test_queries_use_selector_window_and_metric_names() -> None:
-    c = ControllerConfig(selector='job="p"', window="7s", gpu_selector='pod=~"genrec.*"')
-    q = controller_queries(c)
-    assert q["p99"] == ('histogram_quantile(0.99, sum by (le) '
-                        '(rate(genrec_request_duration_seconds_bucket{job="p"}[7s])))')
-    assert q["rate"] == 'sum(rate(genrec_requests_total{job="p"}[7s]))'
-    assert q["inflight"] == 'max(genrec_inflight_requests{job="p"})'
-    assert q["gpu"] == 'avg(DCGM_FI_DEV_GPU_UTIL{pod=~"genrec.*"})'
-    assert q["fast_rate"] == 'sum(rate(genrec_requests_total{job="p"}[15s]))'
-    assert q["min_rung"] == 'min(genrec_beam_rung{job="p"})'
-    assert q["guard"] == 'sum(increase(genrec_inflight_guard_stepdowns_total{job="p"}[15s]))'
-

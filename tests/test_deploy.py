@@ -160,8 +160,10 @@ def test_submit_sends_the_compiled_pipeline_and_config_and_prints_the_run_url(kf
     assert posted["/apis/v2beta1/experiments"]["display_name"] == "ads-nightly"
     created = posted["/apis/v2beta1/runs"]
     assert created["display_name"] == "nightly" and created["experiment_id"] == "exp-1"
+    # With a platform spec (GPU placement) kfp nests the two; the default config asks for no GPU.
     spec = created["pipeline_spec"]
-    assert "exec-train-generator" in spec["pipeline_spec"]["deploymentSpec"]["executors"]
+    spec = spec.get("pipeline_spec", spec)
+    assert "exec-train-generator" in spec["deploymentSpec"]["executors"]
     sent = created["runtime_config"]["parameters"]["config"]
     assert GenrecConfig.from_dict(sent).train.epochs == 7
 

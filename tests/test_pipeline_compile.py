@@ -28,9 +28,26 @@ def gpu_steps() -> set[str]:
     return {"exec-train-generator", "exec-finetune-rspo"}
 
 
-def test_gpu_steps_request_accelerators_and_land_on_gpu_nodes(tmp_path: Path, gpu_steps: set[str]) -> None:
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_default_compile_asks_for_no_gpu_and_names_the_cpu_image(tmp_path: Path) -> None:
     cfg = GenrecConfig()
     spec, platform = compiled(cfg, tmp_path)
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        assert executor["container"]["image"] == cfg.pipeline.image and "cuda" not in cfg.pipeline.image
+        assert "accelerator" not in resources(spec, name), f"{name} asks for a GPU with the CPU image"
+        assert "nodeSelector" not in platform.get(name, {}) and "tolerations" not in platform.get(name, {})
+
+
+def test_gpu_steps_request_accelerators_and_land_on_gpu_nodes(tmp_path: Path, gpu_steps: set[str]) -> None:
+    from genrec.config import load_config
+
+    cfg = load_config(REPO / "configs" / "cluster.yaml")
+    assert "cuda" in cfg.pipeline.image, "the cluster config names the CUDA image with its GPU steps"
+    spec, platform = compiled(cfg, tmp_path)
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert executor["container"]["image"] == cfg.pipeline.image
     executors = spec["deploymentSpec"]["executors"]
     present_gpu = gpu_steps & set(executors)
     assert "exec-train-generator" in present_gpu

@@ -13,11 +13,13 @@ from kfp.dsl import HTML, Dataset, Metrics, Model
 from typer.testing import CliRunner
 
 import genrec.train.rspo as rspo_module
+import genrec.train.rspo.trainer as rspo_trainer
 from genrec.cli import app
 from genrec.config import ConfigError, GenrecConfig, RspoConfig
 from genrec.data.split import leave_one_out
 from genrec.model.artefact import load_model, save_model
 from genrec.model.decoder import Context, SidSpace, build_decoder
+from genrec.train.data import training_examples
 from genrec.train.rspo import (
     PENDING_FILE,
     REFERENCE_FILE,
@@ -198,7 +200,7 @@ def test_rspo_never_sees_valid_or_test_targets(served: Path, monkeypatch: pytest
     splits.loc[held, "item_id"] = [f"i{30 + k % 10}" for k in range(int(held.sum()))]
     held_rows = set(range(30, 40))
     seen_rewarded, seen_context = [], []
-    original = rspo_module.candidate_lists
+    original = rspo_trainer.candidate_lists
 
     def spy(policy, recent, tables, extras, gains, config, include_extras):
         assert include_extras
@@ -207,7 +209,7 @@ def test_rspo_never_sees_valid_or_test_targets(served: Path, monkeypatch: pytest
         seen_context.extend(recent[recent >= 0].tolist())
         return lists
 
-    monkeypatch.setattr(rspo_module, "candidate_lists", spy)
+    monkeypatch.setattr(rspo_trainer, "candidate_lists", spy)
     # Teacher forcing on: every positive enters a list, so every reward is checked.
     config = rspo_config(max_examples_per_user=0, positive_window=3, include_target=True)
     result = finetune(config, splits, load_model(served), served, log=lambda _: None)
@@ -243,7 +245,7 @@ def test_cli_bad_input_is_one_clear_line(served: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "neither a model folder" in said(result)
     result = runner.invoke(app, ["train", "rspo", "--model", str(served), "--splits", str(history),
                                  "--set", "rspo.loss=ppo"])
-    assert result.exit_code == 1 and "rspo.loss must be one of rspo, dpo" in said(result)
+    assert result.exit_code == 1 and "rspo.loss must be one of 'rspo', 'dpo'" in said(result)
     assert folder_hash(served) == served_hash and sorted(p.name for p in served.parent.iterdir()) == ["v0001"]
 
     good = tmp_path / "good.parquet"
@@ -294,7 +296,7 @@ def test_candidate_scores_equal_the_full_teacher_forced_pass(served: Path) -> No
 
 def test_positive_window_takes_the_next_training_items_of_the_same_user() -> None:
     splits = leave_one_out(make_log(users=3, items=30, per_user=6))
-    examples = rspo_module.training_examples(splits, tiny_codebook(items=40).item_ids, recent_items=4)
+    examples = training_examples(splits, tiny_codebook(items=40).item_ids, recent_items=4)
     requests = rspo_module.Requests.from_examples(examples, window=3)
     for user in ("u0", "u1", "u2"):
         rows = np.flatnonzero(examples.users == user)  # 3 examples: train items 2, 3, 4 of the user

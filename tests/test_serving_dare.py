@@ -17,7 +17,7 @@ from genrec.model.artefact import TrainedModel, load_model
 from genrec.model.beam import beam_search
 from genrec.model.decoder import SidSpace, build_decoder
 from genrec.serving.model import build_pool_from_frame
-from genrec.serving.speculative import RetrievalPool, dare_beam_search, verify_pass
+from genrec.serving.speculative import RetrievalPool, dare_beam_search
 from tests.serving_support import HISTORY_FILE, cached_tiny_model, one_torch_thread
 
 
@@ -65,7 +65,7 @@ def test_verify_pass_matches_the_teacher_forced_reference(kind: str) -> None:
     sequences = torch.as_tensor(codes[[3, 7, 7, 50]])
     rows = torch.tensor([0, 1, 2, 2])
     with torch.inference_mode():
-        log_probs = verify_pass(decoder, decoder.start(context), rows, sequences)
+        log_probs = decoder.verify(decoder.start(context), rows, sequences)
         reference = decoder.code_log_probs(type(context)(context.tokens[rows], context.pad[rows]), sequences)
     got = torch.stack([log_probs[level].gather(1, sequences[:, level:level + 1]).squeeze(1) for level in range(3)], 1)
     torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)

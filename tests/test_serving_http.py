@@ -23,6 +23,8 @@ from tests.serving_support import (
     tiny_request,
 )
 
+pytestmark = pytest.mark.integration
+
 TOKEN = "test-token"
 # Short batch wait so requests pile up in flight for the guard test; small guard bound.
 GUARD = 3

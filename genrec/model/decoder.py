@@ -243,6 +243,20 @@ class SidDecoder(nn.Module):
         state.caches = new_caches
         return torch.log_softmax(self.heads[level](self.final_norm(x)), dim=-1)
 
+    @torch.inference_mode()
+    def verify(self, state: DecodingState, rows: Tensor, sequences: Tensor) -> list[Tensor]:
+        """Log-probabilities at every level of full-length code sequences [N, L], sequence n belonging
+        to request `rows[n]` of `state`: element l is [N, K_l], the distribution of code l given the
+        sequence's codes < l. One pass through the prefix-dependent layers, causal over the level
+        tokens, exactly what `step` computes level by level (DARE verifies its drafts with it)."""
+        x = state.level_inputs[rows] + self.prefix_embeddings(sequences)  # [N, L, d]
+        groups = [(int(row), torch.nonzero(rows == row).squeeze(1)) for row in torch.unique(rows).tolist()]
+        blocks: list[TransformerBlock] = list(self.blocks[self.prefix_layer:])  # type: ignore[arg-type]
+        for block, memory in zip(blocks, state.memory):
+            x = block.verify(x, memory, state.memory_pad, rows, groups)
+        hidden = self.final_norm(x)
+        return [torch.log_softmax(head(hidden[:, level]), dim=-1) for level, head in enumerate(self.heads)]
+
 
 class ARDecoder(SidDecoder):
     """The standard autoregressive baseline: every layer sees the generated prefix."""

@@ -99,3 +99,34 @@ class TransformerBlock(nn.Module):
         attended = (from_memory.transpose(1, 2) + from_prefix).unsqueeze(-2)  # [B, W, heads, 1, hd]
         out = self._residual(x.unsqueeze(-2), attended).squeeze(-2)
         return out, KeyValues(k, v)
+
+    def verify(self, x: Tensor, memory: KeyValues, memory_pad: Tensor, rows: Tensor,
+               groups: list[tuple[int, Tensor]]) -> Tensor:
+        """All L level tokens of N full-length sequences at once, causal among themselves, each
+        attending to the context of its request `rows[n]`: what `step` computes level by level.
+
+        x [N, L, d]; memory keys/values [B, heads, C, hd] and memory_pad [B, C] per request; groups
+        lists (request, indices of its sequences). Attention to the context is computed per request
+        against its one cached copy of the keys/values: gathering them per sequence would copy C x d
+        floats for each of the N sequences, which at batch 1 costs more than the attention itself."""
+        count, levels = x.shape[0], x.shape[1]
+        q, k, v = self._split(self.qkv(self.attn_norm(x)))  # [N, heads, L, hd]
+        heads, head_dim = q.shape[1], q.shape[-1]
+        context_len = memory.keys.shape[-2]
+        scale = 1.0 / math.sqrt(head_dim)
+        causal = torch.ones(levels, levels, dtype=torch.bool, device=x.device).tril()
+        memory_scores = q.new_empty(count, heads, levels, context_len)
+        for row, index in groups:
+            # [n, heads, L, hd] -> [heads, n * L, hd]: one matmul against this request's keys.
+            grouped = q[index].transpose(0, 1).reshape(heads, -1, head_dim)
+            scores = torch.matmul(grouped, memory.keys[row].transpose(-1, -2)) * scale
+            memory_scores[index] = scores.view(heads, len(index), levels, context_len).transpose(0, 1)
+        memory_scores = memory_scores.masked_fill(memory_pad[rows][:, None, None, :], float("-inf"))
+        prefix_scores = (torch.matmul(q, k.transpose(-1, -2)) * scale).masked_fill(~causal, float("-inf"))
+        weights = torch.softmax(torch.cat([memory_scores, prefix_scores], dim=-1), dim=-1)
+        attended = torch.matmul(weights[..., context_len:], v)  # [N, heads, L, hd]
+        for row, index in groups:
+            grouped = weights[index, :, :, :context_len].transpose(0, 1).reshape(heads, -1, context_len)
+            from_memory = torch.matmul(grouped, memory.values[row])  # [heads, n * L, hd]
+            attended[index] += from_memory.view(heads, len(index), levels, head_dim).transpose(0, 1)
+        return self._residual(x, attended)

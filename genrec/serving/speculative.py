@@ -11,7 +11,7 @@ replaces most of them:
   completions of its prefix (at the root, m per beam the first level will keep). Drafts come from
   the trie's own items, so every draft is a valid ID.
 - **Verify.** All draft sequences of all requests in the batch go through the prefix-dependent
-  layers in one parallel pass (`verify_pass`): causal over the L level tokens, attending to the
+  layers in one parallel pass (`SidDecoder.verify`): causal over the L level tokens, attending to the
   request's cached context. That gives the exact distribution at every position of every draft,
   so a beam that lies on a verified draft needs no further pass at the next level.
 - **Relaxed acceptance.** At a level where some of the exact top-b children are not covered by a
@@ -27,7 +27,6 @@ top-K, in fewer passes whenever drafts cover the surviving beams.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,7 @@ import torch
 from torch import Tensor
 
 from genrec.model.beam import BeamResult, TrieTables, level_widths
-from genrec.model.decoder import Context, DecodingState, SidDecoder
-from genrec.model.layers import TransformerBlock
+from genrec.model.decoder import Context, SidDecoder
 
 POOL_FILE = "dare_pool.npz"
 MODES = ("summary", "history")
@@ -188,47 +186,6 @@ def _ranking(counts: np.ndarray) -> np.ndarray:
 # -- verification: every position of many sequences in one pass ----------------------------------------
 
 
-@torch.inference_mode()
-def verify_pass(decoder: SidDecoder, state: DecodingState, rows: Tensor, sequences: Tensor) -> list[Tensor]:
-    """Log-probabilities at every level of full-length code sequences [N, L] (each belonging to the
-    request `rows[n]` of `state`): element l is [N, K_l], the distribution of code l given the
-    sequence's codes < l. One pass through the prefix-dependent layers, causal over the level tokens,
-    exactly what `decoder.step` computes level by level.
-
-    Like `TransformerBlock.step`, attention to the context is computed per request against its one
-    cached copy of the keys/values: gathering them per draft would copy C x d floats for each of the
-    N sequences, which at batch 1 costs more than the attention itself."""
-    levels = decoder.levels
-    x = state.level_inputs[rows] + decoder.prefix_embeddings(sequences)  # [N, L, d]
-    count = len(rows)
-    causal = torch.ones(levels, levels, dtype=torch.bool, device=x.device).tril()
-    memory_pad = state.memory_pad[rows][:, None, None, :]  # [N, 1, 1, C]
-    groups = [(int(row), torch.nonzero(rows == row).squeeze(1)) for row in torch.unique(rows).tolist()]
-    blocks: list[TransformerBlock] = list(decoder.blocks[decoder.prefix_layer:])  # type: ignore[arg-type]
-    for block, memory in zip(blocks, state.memory):
-        q, k, v = block._split(block.qkv(block.attn_norm(x)))  # [N, heads, L, hd]
-        heads, head_dim = q.shape[1], q.shape[-1]
-        context_len = memory.keys.shape[-2]
-        scale = 1.0 / math.sqrt(head_dim)
-        memory_scores = q.new_empty(count, heads, levels, context_len)
-        for row, index in groups:
-            # [n, heads, L, hd] -> [heads, n * L, hd]: one matmul against this request's keys.
-            grouped = q[index].transpose(0, 1).reshape(heads, -1, head_dim)
-            scores = torch.matmul(grouped, memory.keys[row].transpose(-1, -2)) * scale
-            memory_scores[index] = scores.view(heads, len(index), levels, context_len).transpose(0, 1)
-        memory_scores = memory_scores.masked_fill(memory_pad, float("-inf"))
-        prefix_scores = (torch.matmul(q, k.transpose(-1, -2)) * scale).masked_fill(~causal, float("-inf"))
-        weights = torch.softmax(torch.cat([memory_scores, prefix_scores], dim=-1), dim=-1)
-        attended = torch.matmul(weights[..., context_len:], v)  # [N, heads, L, hd]
-        for row, index in groups:
-            grouped = weights[index, :, :, :context_len].transpose(0, 1).reshape(heads, -1, context_len)
-            from_memory = torch.matmul(grouped, memory.values[row])  # [heads, n * L, hd]
-            attended[index] += from_memory.view(heads, len(index), levels, head_dim).transpose(0, 1)
-        x = block._residual(x, attended)
-    hidden = decoder.final_norm(x)
-    return [torch.log_softmax(decoder.heads[level](hidden[:, level]), dim=-1) for level in range(levels)]
-
-
 # -- the search ------------------------------------------------------------------------------------------
 
 
@@ -297,7 +254,7 @@ def dare_beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, 
         number = len(passes)
         rows = torch.as_tensor([r.row for r in owners], device=device)
         batch_codes = torch.as_tensor(sequences, dtype=torch.long, device=device)
-        log_probs = verify_pass(decoder, state, rows, batch_codes)
+        log_probs = decoder.verify(state, rows, batch_codes)
         passes.append(log_probs)
         # Relaxed acceptance of every draft token at once: in the top-k there and probability >= p,
         # and every earlier draft token of the same draft accepted too.
