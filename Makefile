@@ -35,7 +35,7 @@ bench: install
 	$(BIN)/python -m benchmarks
 
 lint: install
-	$(BIN)/ruff check genrec components pipelines tests benchmarks
+	$(BIN)/ruff check genrec components pipelines tests benchmarks testbed
 	$(BIN)/mypy genrec
 
 compile: install

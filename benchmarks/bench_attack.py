@@ -54,7 +54,8 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from benchmarks.harness import save_result
-from tests.serving_support import (
+from genrec.config import ServingConfig, load_config
+from testbed.serving import (
     REPO,
     ServerHandle,
     build_tiny_feature_repo,
@@ -67,17 +68,12 @@ from tests.serving_support import (
 )
 
 TOKEN = "attack-admin-token"
-# Short connection timeouts keep the slow-client group to seconds; the bounds under test are the same.
-HEAD_TIMEOUT = 2.0
-BODY_TIMEOUT = 2.0
-GUARD = 16
-GUARD_RECOVER_SECONDS = 3.0
+# The server's config (configs/recipes/attack.yaml): short slow-client timeouts and a guard that
+# recovers fast, so those groups take seconds; every other bound as shipped.
+RECIPE = "configs/recipes/attack.yaml"
 PROBE_LIMIT_SECONDS = 1.0
 RSS_LIMIT_RATIO = 1.5
 SIGTERM_MARGIN_SECONDS = 3.0
-SERVER_OVERRIDES = [f"serving.header_timeout_seconds={HEAD_TIMEOUT}",
-                    f"serving.body_timeout_seconds={BODY_TIMEOUT}", f"serving.inflight_guard={GUARD}",
-                    f"serving.guard_recover_seconds={GUARD_RECOVER_SECONDS}", "serving.max_batch_wait_ms=5"]
 
 
 @dataclass
@@ -143,8 +139,9 @@ def raw_exchange(port: int, data: bytes, wait: float) -> tuple[str, float]:
 
 class Campaign:
     def __init__(self, server: ServerHandle, grpc_port: int, model_dir: Path, seed: int,
-                 scale: float) -> None:
+                 scale: float, serving: ServingConfig) -> None:
         self.server = server
+        self.serving = serving
         self.port = int(server.url.rsplit(":", 1)[1])
         self.grpc_port = grpc_port
         self.model_dir = model_dir
@@ -307,7 +304,8 @@ class Campaign:
         lock = threading.Lock()
 
         def one(kind: str) -> None:
-            status, seconds = raw_exchange(self.port, kinds[kind], wait=HEAD_TIMEOUT + 10)
+            wait = self.serving.header_timeout_seconds + 10
+            status, seconds = raw_exchange(self.port, kinds[kind], wait=wait)
             with lock:
                 outcomes.append((kind, status, seconds))
 
@@ -322,7 +320,8 @@ class Campaign:
             group.record(status, seconds)
         slowest = max(seconds for _, _, seconds in outcomes)
         group.checks["all 408"] = set(group.statuses) == {"408"}
-        group.checks["closed within the timeout + 1.5 s"] = slowest < max(HEAD_TIMEOUT, BODY_TIMEOUT) + 1.5
+        timeout = max(self.serving.header_timeout_seconds, self.serving.body_timeout_seconds)
+        group.checks["closed within the timeout + 1.5 s"] = slowest < timeout + 1.5
         stalled_probe = group.notes["probe_while_stalled_seconds"]
         group.checks["served while stalled"] = stalled_probe < PROBE_LIMIT_SECONDS
 
@@ -419,12 +418,13 @@ class Campaign:
     def guard(self, group: GroupResult) -> None:
         url = self.server.url + "/admin/beam-policy"
         default = self.http.get(url).json()
+        guard = self.serving.inflight_guard
 
         async def burst() -> list[int]:
-            limits = httpx.Limits(max_connections=8 * GUARD)
+            limits = httpx.Limits(max_connections=8 * guard)
             async with httpx.AsyncClient(timeout=30, limits=limits) as client:
                 responses = await asyncio.gather(*[client.post(self.server.predict_url, content=self.valid)
-                                                   for _ in range(6 * GUARD)])
+                                                   for _ in range(6 * guard)])
             return [r.status_code for r in responses]
 
         lowest = default["rung"]
@@ -433,7 +433,7 @@ class Campaign:
                 group.record(status)
             lowest = min(lowest, self.http.get(url).json()["rung"])
         started = time.monotonic()
-        deadline = started + 10 * GUARD_RECOVER_SECONDS
+        deadline = started + 10 * self.serving.guard_recover_seconds
         while self.http.get(url).json() != default and time.monotonic() < deadline:
             time.sleep(0.2)
         group.notes["lowest_rung"] = lowest
@@ -537,6 +537,7 @@ def log_figures(log: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=RECIPE, help="the server's config file")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every group's request count")
     args = parser.parse_args()
@@ -545,10 +546,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         grpc_port = free_port()
-        server = start_server(model_dir, env={"GENREC_ADMIN_TOKEN": TOKEN}, overrides=SERVER_OVERRIDES,
+        serving = load_config(REPO / args.config).serving
+        server = start_server(model_dir, env={"GENREC_ADMIN_TOKEN": TOKEN}, config=REPO / args.config,
                               extra_args=["--grpc", "--grpc-port", str(grpc_port)],
                               log_path=folder / "server.log")
-        campaign = Campaign(server, grpc_port, model_dir, args.seed, args.scale)
+        campaign = Campaign(server, grpc_port, model_dir, args.seed, args.scale, serving)
         try:
             for _ in range(20):
                 campaign.probe()
@@ -594,7 +596,7 @@ def main() -> None:
                                       for g in groups if g.probe_seconds),
         "RSS below 1.5x its start": rss_peak < RSS_LIMIT_RATIO * rss_start,
         "SIGTERM with stalled clients ends within the body timeout + 3 s":
-            sigterm_seconds < BODY_TIMEOUT + SIGTERM_MARGIN_SECONDS,
+            sigterm_seconds < serving.body_timeout_seconds + SIGTERM_MARGIN_SECONDS,
         "no ERROR or traceback in the log": log["error_lines"] == 0 and log["tracebacks"] == 0,
         "every group's own checks": all(all(g.checks.values()) for g in groups),
     }
@@ -602,7 +604,7 @@ def main() -> None:
         "requests": total, "server_errors_5xx": five_xx, "rss_start_mb": round(rss_start, 1),
         "rss_peak_mb": round(rss_peak, 1), "rss_peak_ratio": round(rss_peak / rss_start, 3),
         "sigterm_seconds_with_20_stalled_clients": round(sigterm_seconds, 2), "log": log,
-        "server": {"model": "tiny LazyAR (tests/serving_support.py)", "overrides": SERVER_OVERRIDES,
+        "server": {"model": "tiny LazyAR (testbed/serving.py)", "config": args.config,
                    "grpc": True},
         "groups": {g.name: g.to_json() for g in groups}, "verdict": verdict, "passed": all(verdict.values()),
     }

@@ -52,14 +52,14 @@ import httpx
 import numpy as np
 import yaml
 
-from benchmarks import bench_quality as bq
+from benchmarks import common as bq
 from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
 from genrec.evaluate import evaluate
 from genrec.serving.policy import BeamLadder
 from genrec.train.data import evaluation_requests
-from tests.prometheus_support import LocalPrometheus, free_port
-from tests.serving_support import start_server
+from testbed.prometheus import LocalPrometheus, free_port
+from testbed.serving import start_server
 
 TOKEN = "bench-controller-token"
 JSON = {"Content-Type": "application/json"}
@@ -296,7 +296,7 @@ def recall_of(model: Any, model_dir: Path, requests: Any, widths: tuple[int, ...
               seed: int) -> float:
     """Offline Recall@10 of one policy on `users` test users (cached beside the model: it is
     deterministic, and the widest rungs take minutes on a busy CPU)."""
-    cache = model_dir.parent / f"recall-{bq._key(list(widths), users, seed)}.json"
+    cache = model_dir.parent / f"recall-{bq.cache_key(list(widths), users, seed)}.json"
     if cache.is_file():
         value = float(json.loads(cache.read_text())["recall@10"])
     else:

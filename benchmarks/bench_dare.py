@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from benchmarks.bench_quality import CACHE, _key, prepare, run_config, train_cached
+from benchmarks.common import CACHE, cache_key, prepare, run_config, train_cached
 from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
 from genrec.model.beam import beam_search
@@ -51,7 +51,7 @@ def main() -> None:
     widths = list(serving.beam_ladder[serving.default_rung])
     load_start = load_average()
 
-    pool_key = _key(serving.dare_clusters, serving.dare_drafts, serving.max_beam_width)
+    pool_key = cache_key(serving.dare_clusters, serving.dare_drafts, serving.max_beam_width)
     pool_path = CACHE / f"dare-pool-beauty-{pool_key}.npz"
     codes = decoder.item_codes.cpu().numpy()
     started = time.perf_counter()

@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.bench_quality import DATASETS, load_average, prepare, run_config, test_figures, train_cached
+from benchmarks.common import (
+    DATASETS,
+    Recipe,
+    add_config_arguments,
+    load_average,
+    prepare,
+    test_figures,
+    train_cached,
+)
 from benchmarks.harness import save_result
 from genrec.model.artefact import TrainedModel
 from genrec.model.beam import beam_search
@@ -66,11 +74,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="requests per decoding batch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads while decoding")
-    parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    add_config_arguments(parser)
     args = parser.parse_args()
     started_load = load_average()
-    configs = {"lazyar": run_config(args.dataset, [*args.set, "model.decoder=lazyar"]),
-               "ar": run_config(args.dataset, [*args.set, "model.decoder=ar"])}
+    recipe = Recipe.from_args(args.dataset, args)
+    configs = {"lazyar": recipe.config("model.decoder=lazyar"), "ar": recipe.config("model.decoder=ar")}
     prepared = prepare(args.dataset, configs["lazyar"])
     models = {kind: train_cached(prepared, config, f"[{kind}] ") for kind, config in configs.items()}
     torch.set_num_threads(args.threads)

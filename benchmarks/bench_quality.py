@@ -29,172 +29,34 @@ so bench_lazyar reuses the LazyAR model trained here.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
-import os
 import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 
+from benchmarks.common import (
+    DATASETS,
+    PUBLISHED,
+    SHARED,
+    Prepared,
+    Recipe,
+    add_config_arguments,
+    load_average,
+    prepare,
+    test_figures,
+    train_cached,
+)
 from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
-from genrec.data.ingest import ingest
-from genrec.data.split import drop_latest, leave_one_out
-from genrec.evaluate import evaluate
-from genrec.model.artefact import TrainedModel, load_model
-from genrec.sid.codebook import Codebook, build_codebook
-from genrec.train.data import evaluation_requests
-from genrec.train.run import run_training
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-CACHE = Path(os.environ.get("GENREC_BENCH_CACHE", "~/.cache/genrec/bench")).expanduser()
-
-DATASETS = {"beauty": "amazon-beauty", "movielens": "movielens-100k", "scientific": "amazon-scientific"}
-
-# The training recipe per data set (config overrides on top of the defaults). Beauty follows the
-# prototype's lessons: lr 3e-3, batch 512, ~10-15 epochs decaying to zero.
-RECIPES: dict[str, list[str]] = {
-    "beauty": ["train.epochs=12", "train.max_examples_per_user=0"],
-    "scientific": ["train.epochs=15", "train.max_examples_per_user=0"],
-    # MovieLens histories are long (106 ratings a user on average): the latest 50 positions of each
-    # user carry most of the signal for the next item at a third of the cost.
-    "movielens": ["train.epochs=6", "train.max_examples_per_user=50"],
-}
-
-# Published test figures on the same split (TIGER, NeurIPS 2023, paper table).
-PUBLISHED = {"beauty": {"TIGER": {"recall@5": 0.0454, "ndcg@5": 0.0321,
-                                  "recall@10": 0.0648, "ndcg@10": 0.0384}}}
+from genrec.model.artefact import TrainedModel
 
 
-@dataclass
-class Prepared:
-    name: str
-    splits: pd.DataFrame
-    codebook: Codebook
-    value_source: str
-    # Where the splits and the codebook lie in the cache (a torchrun training run reads them).
-    splits_path: Path
-    codebook_path: Path
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def prepare(name: str, config: GenrecConfig, origin: int = 0) -> Prepared:
-    """Ingest + split + codebook (cached by data set and SidConfig). `origin` > 0 leaves each user's
-    latest `origin` interactions out before the split (genrec.data.split.drop_latest), so its test
-    target is an earlier item; the codebook is then built on that split's training rows."""
-    config.data.dataset = DATASETS[name]
-    config.data.shared_data_dir = str(SHARED)
-    # Origin 0 keeps the key it had before origins existed, so its cached splits and models stay.
-    key = _key(dataclasses.asdict(config.data), dataclasses.asdict(config.bids),
-               *([origin] if origin else []))
-    folder = CACHE / f"data-{name}-{key}"
-    if not (folder / "splits.parquet").is_file():
-        dataset = ingest(config)
-        folder.mkdir(parents=True, exist_ok=True)
-        interactions = drop_latest(dataset.interactions, origin) if origin else dataset.interactions
-        leave_one_out(interactions).to_parquet(folder / "splits.parquet")
-        dataset.catalogue.to_parquet(folder / "catalogue.parquet")
-        (folder / "value_source.txt").write_text(dataset.info.value_source)
-    splits = pd.read_parquet(folder / "splits.parquet")
-    codebook_dir = folder / f"codebook-{_key(dataclasses.asdict(config.sid))}"
-    if not codebook_dir.is_dir():
-        build_codebook(pd.read_parquet(folder / "catalogue.parquet"), splits, config.sid).save(codebook_dir)
-    return Prepared(name, splits, Codebook.load(codebook_dir), (folder / "value_source.txt").read_text(),
-                    folder / "splits.parquet", codebook_dir)
-
-
-# TrainConfig fields that change how a run is watched or evaluated, never the weights it ends with:
-# they stay out of the cache key, so that e.g. evaluating with train.exclude_history reuses the model.
-NOT_IN_MODEL_KEY = ("valid_users", "eval_every", "threads", "eval_batch_size", "exclude_history")
-# Train settings added after models were cached: at these values they leave the key as it was, so
-# the cached models (half an hour each on Beauty) stay theirs.
-KEY_LEFT_OUT_AT = {"skip_latest": 0}
-
-
-def model_folder(prepared: Prepared, config: GenrecConfig, *extra_key: Any) -> Path:
-    """The cache folder of the model this data set, codebook and config train (`extra_key`: more
-    inputs that make a different model, e.g. the summaries a run reads)."""
-    codes = hashlib.sha256(prepared.codebook.codes.tobytes()).hexdigest()
-    train = {k: v for k, v in dataclasses.asdict(config.train).items()
-             if k not in NOT_IN_MODEL_KEY and not (k in KEY_LEFT_OUT_AT and v == KEY_LEFT_OUT_AT[k])}
-    key = _key(prepared.name, codes, dataclasses.asdict(config.model), train, *extra_key)
-    return CACHE / f"model-{prepared.name}-{config.model.decoder}-{key}"
-
-
-def train_cached(prepared: Prepared, config: GenrecConfig, log_prefix: str = "") -> TrainedModel:
-    """Trains (or resumes, or reuses) the model for this data set, codebook and config."""
-    folder = model_folder(prepared, config)
-    if not (folder / "model").is_dir():
-        if config.train.processes > 1:
-            train_distributed(prepared, config, folder)
-        else:
-            run_training(config, prepared.splits, prepared.codebook, folder / "work", folder / "model",
-                         log=lambda line: print(f"{log_prefix}{line}", flush=True))
-    return load_model(folder / "model")
-
-
-def train_distributed(prepared: Prepared, config: GenrecConfig, folder: Path) -> None:
-    """`train.processes` ranks under torchrun (DDP, gloo on CPU), as the train_generator component
-    runs them: each rank trains on its share of every epoch's batches of `train.batch_size`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config_path = folder / "config.json"
-    config_path.write_text(json.dumps(config.to_dict()))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={config.train.processes}", "-m", "genrec.train",
-               "--config", str(config_path), "--splits", str(prepared.splits_path),
-               "--codebook", str(prepared.codebook_path), "--work-dir", str(folder / "work"),
-               "--model-dir", str(folder / "model")]
-    process = subprocess.Popen(command)
-    try:
-        if process.wait():
-            raise subprocess.CalledProcessError(process.returncode, command)
-    finally:
-        # A benchmark stopped mid-run (Ctrl-C, kill) must not leave its ranks training on
-        # (torchrun passes the SIGTERM on to them); the checkpoints let a rerun resume.
-        if process.poll() is None:
-            process.terminate()
-            process.wait()
-
-
-def test_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig,
-                 exclude_history: bool | None = None) -> dict[str, float]:
-    """Test target of every user, history train + valid, full catalogue (without the user's own
-    context items when `exclude_history`, which defaults to the config's)."""
-    requests = evaluation_requests(prepared.splits, model.item_ids, model.decoder.config.recent_items, "test")
-    exclude = config.train.exclude_history if exclude_history is None else exclude_history
-    started = time.perf_counter()
-    figures = evaluate(model.decoder, requests, model.tables, config.train.beam_widths, config.train.top_k,
-                       config.train.eval_batch_size, exclude_history=exclude)
-    figures["eval_seconds"] = time.perf_counter() - started
-    # Share of targets that repeat an item of their own context: the hits exclusion would forgo.
-    figures["targets_in_context"] = float((requests.recent == requests.targets[:, None]).any(1).mean())
-    return figures
-
-
-def run_config(name: str, overrides: list[str]) -> GenrecConfig:
-    return GenrecConfig().with_overrides([*RECIPES[name], *overrides])
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def quality(name: str, overrides: list[str], vsl_compare: bool, train_only: bool = False,
-            tag: str = "") -> None:
-    config = run_config(name, overrides)
+def quality(recipe: Recipe, vsl_compare: bool, train_only: bool = False, tag: str = "") -> None:
+    name = recipe.dataset
+    config = recipe.config()
     started_load = load_average()
     prepared = prepare(name, config)
     model = train_cached(prepared, config, f"[{name}] ")
@@ -220,7 +82,7 @@ def quality(name: str, overrides: list[str], vsl_compare: bool, train_only: bool
         | {"level_sizes": prepared.codebook.level_sizes, "parts": prepared.codebook.parts},
         "value_source": prepared.value_source,
         "published": PUBLISHED.get(name, {}),
-        "config_overrides": [*RECIPES[name], *overrides],
+        **recipe.record(),
         "load_average_start_end": [started_load, load_average()],
         "torch_threads": torch.get_num_threads(),
     }
@@ -246,12 +108,13 @@ def quality(name: str, overrides: list[str], vsl_compare: bool, train_only: bool
 
     save_result(f"quality_{name}" + (f"_{tag}" if tag else ""), figures, plot)
     if vsl_compare:
-        vsl(name, overrides, prepared, config, model, test)
+        vsl(recipe, prepared, config, model, test)
 
 
-def vsl(name: str, overrides: list[str], prepared: Prepared, on_config: GenrecConfig,
-        on_model: TrainedModel, on_test: dict[str, float]) -> None:
-    off_config = run_config(name, [*overrides, "train.vsl=false"])
+def vsl(recipe: Recipe, prepared: Prepared, on_config: GenrecConfig, on_model: TrainedModel,
+        on_test: dict[str, float]) -> None:
+    name = recipe.dataset
+    off_config = recipe.config("train.vsl=false")
     off_model = train_cached(prepared, off_config, f"[{name} vsl off] ")
     off_test = test_figures(off_model, prepared, off_config)
     keys = ("recall@5", "recall@10", "ndcg@10", "value@5", "value@10", "coverage@10")
@@ -278,13 +141,14 @@ def vsl(name: str, overrides: list[str], prepared: Prepared, on_config: GenrecCo
 SEED_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "value@10")
 
 
-def seeds(name: str, overrides: list[str], train_seeds: list[int], tag: str = "") -> None:
+def seeds(recipe: Recipe, train_seeds: list[int], tag: str = "") -> None:
     """One recipe trained (or reused from the cache) under each of `train_seeds`: every seed's test
     figures, their mean and spread, and whether the MEAN meets the published figures (one lucky
     seed does not count)."""
+    name = recipe.dataset
     per_seed: list[dict[str, Any]] = []
     for seed in train_seeds:
-        config = run_config(name, [*overrides, f"train.seed={seed}"])
+        config = recipe.config(f"train.seed={seed}")
         prepared = prepare(name, config)
         model = train_cached(prepared, config, f"[{name} seed {seed}] ")
         per_seed.append({
@@ -316,7 +180,7 @@ def seeds(name: str, overrides: list[str], train_seeds: list[int], tag: str = ""
             system: {k: test["mean"][k] >= figure for k, figure in target.items()}
             for system, target in published.items()},
         "max_train_minutes": max(run["train_minutes"] for run in per_seed),
-        "config_overrides": [*RECIPES[name], *overrides],
+        **recipe.record(),
     }
 
     def plot() -> plt.Figure:
@@ -349,7 +213,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["movielens", "scientific", "beauty"],
                         choices=sorted(DATASETS))
     parser.add_argument("--vsl", action="store_true", help="also train VSL off and write vsl_<dataset>.json")
-    parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    add_config_arguments(parser)
     parser.add_argument("--tag", default="",
                         help="suffix of the result names (quality_<dataset>_<tag>.json): a recipe variant "
                              "that must not replace the reference figures")
@@ -370,9 +234,9 @@ def main() -> None:
             print(f"skipping {name}: {SHARED} is absent")
             continue
         if args.seeds:
-            seeds(name, args.set, args.seeds, args.tag)
+            seeds(Recipe.from_args(name, args), args.seeds, args.tag)
         else:
-            quality(name, args.set, args.vsl, args.train_only, args.tag)
+            quality(Recipe.from_args(name, args), args.vsl, args.train_only, args.tag)
 
 
 if __name__ == "__main__":

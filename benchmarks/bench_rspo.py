@@ -60,15 +60,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from benchmarks.bench_quality import (
+from benchmarks.common import (
     DATASETS,
+    RSPO_TARGET_NDCG_LOSS,
+    RSPO_TARGET_VALUE_GAIN,
     SHARED,
     Prepared,
+    Recipe,
+    add_config_arguments,
+    cached_model,
     load_average,
-    model_folder,
     prepare,
-    run_config,
-    train_cached,
 )
 from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
@@ -82,19 +84,8 @@ BOOTSTRAPPED = ("value@10", "ndcg@10")
 CUTOFF = 10
 BOOTSTRAP_DRAWS = 1000
 KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "value@5", "value@10", "coverage@10")
-# The acceptance target of issue 6, relative to VSL.
-TARGET_VALUE_GAIN = 0.05
-TARGET_NDCG_LOSS = 0.02
-
-
-def _cached_model(prepared: Prepared, config: GenrecConfig, allow_train: bool) -> TrainedModel:
-    """bench_quality's model for this recipe; refuses to train one unless allowed."""
-    # Refusing needs to know before train_cached starts training.
-    folder = model_folder(prepared, config)
-    if not (folder / "model").is_dir() and not allow_train:
-        raise SystemExit(f"no cached VSL model for {prepared.name} at {folder}: run bench_quality with the "
-                         "same recipe first, or pass --allow-train")
-    return train_cached(prepared, config, f"[{prepared.name} vsl] ")
+TARGET_VALUE_GAIN = RSPO_TARGET_VALUE_GAIN
+TARGET_NDCG_LOSS = RSPO_TARGET_NDCG_LOSS
 
 
 def _tuned(model: TrainedModel, config: GenrecConfig, prepared: Prepared
@@ -173,12 +164,13 @@ def measure(name: str, config: GenrecConfig, prepared: Prepared, vsl_model: Trai
     return Measured(tested, per_seed, vsl_users, terms_by_label, users, runs)
 
 
-def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int], tag: str = "") -> None:
+def compare(recipe: Recipe, allow_train: bool, seeds: list[int], tag: str = "") -> None:
     """VSL, VSL+RSPO and VSL+DPO on test; RSPO and DPO once per seed, their figures averaged."""
-    config = run_config(name, overrides)
+    name = recipe.dataset
+    config = recipe.config()
     started_load = load_average()
     prepared = prepare(name, config)
-    vsl_model = _cached_model(prepared, config, allow_train)
+    vsl_model = cached_model(prepared, config, allow_train)
     seeds = seeds or [config.rspo.seed]
     measured = measure(name, config, prepared, vsl_model, seeds)
     tested, per_seed, terms_by_label, runs = (measured.tested, measured.per_seed, measured.terms_by_label,
@@ -209,7 +201,7 @@ def compare(name: str, overrides: list[str], allow_train: bool, seeds: list[int]
         "vsl_model": {"train_minutes": vsl_model.manifest["training"]["train_seconds"] / 60,
                       "finished": vsl_model.manifest["training"]["finished"]},
         "value_source": prepared.value_source,
-        "config_overrides": overrides,
+        **recipe.record(),
         "load_average_start_end": [started_load, load_average()],
         "torch_threads": torch.get_num_threads(),
     }
@@ -239,21 +231,22 @@ def _per_user_totals(terms: list[tuple[np.ndarray, np.ndarray]], users: np.ndarr
     return totals
 
 
-def origins(name: str, overrides: list[str], origin_list: list[int], allow_train: bool, seeds: list[int],
+def origins(recipe: Recipe, origin_list: list[int], allow_train: bool, seeds: list[int],
             tag: str = "") -> None:
     """The comparison of `compare` at several split origins: origin k leaves each user's latest k
     interactions out before the leave-one-out split, so its test target is the item k places before
     the last, with its own VSL model (trained if missing, with --allow-train) and fine-tunes. The
     pooled change is over every (origin, user) test target; its bootstrap resamples users, each with
     all their origins, since one user's targets are not independent."""
-    config = run_config(name, overrides)
+    name = recipe.dataset
+    config = recipe.config()
     started_load = load_average()
     seeds = seeds or [config.rspo.seed]
     measured: dict[int, Measured] = {}
     for origin in origin_list:
         print(f"[{name}] origin {origin}: each user's latest {origin} interactions left out", flush=True)
         prepared = prepare(name, config, origin)
-        vsl_model = _cached_model(prepared, config, allow_train)
+        vsl_model = cached_model(prepared, config, allow_train)
         measured[origin] = measure(name, config, prepared, vsl_model, seeds)
     labels = ("VSL+RSPO", "VSL+DPO")
     all_users = np.unique(np.concatenate([m.users for m in measured.values()]))
@@ -298,7 +291,7 @@ def origins(name: str, overrides: list[str], origin_list: list[int], allow_train
         "rspo_config": dataclasses.asdict(config.rspo),
         "seeds": {"rspo": seeds, "vsl_train": config.train.seed, "sid": config.sid.seed,
                   "bids": config.bids.seed},
-        "config_overrides": overrides,
+        **recipe.record(),
         "load_average_start_end": [started_load, load_average()],
         "torch_threads": torch.get_num_threads(),
     }
@@ -327,12 +320,13 @@ def origins(name: str, overrides: list[str], origin_list: list[int], allow_train
     save_result(f"rspo_{name}_origins" + (f"_{tag}" if tag else ""), figures, plot)
 
 
-def sweep(name: str, overrides: list[str], variants: list[str], allow_train: bool, tag: str = "") -> None:
+def sweep(recipe: Recipe, variants: list[str], allow_train: bool, tag: str = "") -> None:
     """RSPO only, one run per variant; validation figures (all users) for picking settings. The
     result is rewritten after every variant, so a long sweep that is stopped keeps what it measured."""
-    config = run_config(name, overrides)
+    name = recipe.dataset
+    config = recipe.config()
     prepared = prepare(name, config)
-    vsl_model = _cached_model(prepared, config, allow_train)
+    vsl_model = cached_model(prepared, config, allow_train)
     rows: list[dict[str, Any]] = [{"variant": "VSL", **{k: v for k, v in _scored(
         vsl_model, prepared, config, "valid")[0].items() if k in KEYS}}]
     print(rows[-1], flush=True)
@@ -356,18 +350,19 @@ def sweep(name: str, overrides: list[str], variants: list[str], allow_train: boo
         print(rows[-1], flush=True)
         save_result(f"rspo_sweep_{name}" + (f"_{tag}" if tag else ""),
                     {"dataset": DATASETS[name], "split": "valid (all users)", "rows": rows,
-                     "config_overrides": overrides}, plot)
+                     **recipe.record()}, plot)
 
 
-def sweep_origins(name: str, overrides: list[str], variants: list[str], origin_list: list[int],
+def sweep_origins(recipe: Recipe, variants: list[str], origin_list: list[int],
                   allow_train: bool, tag: str = "") -> None:
     """`sweep` at several origins: each variant's VALIDATION change, pooled over every (origin,
     user) validation target, with its bootstrap over users. Origin k's validation target is the
     item k+1 places before the last, so origins 2.. pick settings on targets that origin 0's
     validation (where the earlier sweeps picked) and test never score."""
-    config = run_config(name, overrides)
+    name = recipe.dataset
+    config = recipe.config()
     prepared_at = {origin: prepare(name, config, origin) for origin in origin_list}
-    models = {origin: _cached_model(prepared_at[origin], config, allow_train) for origin in origin_list}
+    models = {origin: cached_model(prepared_at[origin], config, allow_train) for origin in origin_list}
     baseline = {origin: _scored(models[origin], prepared_at[origin], config, "valid")
                 for origin in origin_list}
     all_users = np.unique(np.concatenate([users for _, _, users in baseline.values()]))
@@ -412,14 +407,14 @@ def sweep_origins(name: str, overrides: list[str], variants: list[str], origin_l
         save_result(f"rspo_sweep_{name}_origins" + (f"_{tag}" if tag else ""),
                     {"dataset": DATASETS[name],
                      "split": f"valid (all users) at origins {origin_list}, pooled",
-                     "validation_targets": targets, "rows": rows, "config_overrides": overrides}, plot)
+                     "validation_targets": targets, "rows": rows, **recipe.record()}, plot)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["movielens", "beauty"], choices=sorted(DATASETS))
-    parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    add_config_arguments(parser)
     parser.add_argument("--sweep", nargs="+", default=[], metavar="OVERRIDES",
                         help="RSPO variants, each 'rspo.beta=2,rspo.kl_weight=0.05': validation only")
     parser.add_argument("--seeds", nargs="+", type=int, default=[],
@@ -438,13 +433,13 @@ def main() -> None:
             print(f"skipping {name}: {SHARED} is absent")
             continue
         if args.sweep and args.origins:
-            sweep_origins(name, args.set, args.sweep, args.origins, args.allow_train, args.tag)
+            sweep_origins(Recipe.from_args(name, args), args.sweep, args.origins, args.allow_train, args.tag)
         elif args.sweep:
-            sweep(name, args.set, args.sweep, args.allow_train, args.tag)
+            sweep(Recipe.from_args(name, args), args.sweep, args.allow_train, args.tag)
         elif args.origins:
-            origins(name, args.set, args.origins, args.allow_train, args.seeds, args.tag)
+            origins(Recipe.from_args(name, args), args.origins, args.allow_train, args.seeds, args.tag)
         else:
-            compare(name, args.set, args.allow_train, args.seeds, args.tag)
+            compare(Recipe.from_args(name, args), args.allow_train, args.seeds, args.tag)
 
 
 if __name__ == "__main__":

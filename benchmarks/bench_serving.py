@@ -24,13 +24,13 @@ import httpx
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.bench_quality import prepare, run_config, train_cached
+from benchmarks.common import prepare, run_config, train_cached
 from benchmarks.harness import save_result
 from benchmarks.loadgen import run_load
 from genrec.config import GenrecConfig
 from genrec.model.artefact import TrainedModel, save_model
 from genrec.train.data import evaluation_requests
-from tests.serving_support import start_server
+from testbed.serving import start_server
 
 TOKEN_ENV = GenrecConfig().serving.admin_token_env
 TOKEN = "bench-serving"

@@ -24,7 +24,7 @@ from benchmarks.bench_serving import BODIES, beauty_model, request_bodies
 from benchmarks.harness import RESULTS, save_result
 from benchmarks.loadgen import run_load
 from genrec.config import GenrecConfig
-from tests.serving_support import start_server
+from testbed.serving import start_server
 
 WINDOW_SECONDS = 30.0
 WARMUP_SECONDS = 60.0

@@ -40,16 +40,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.bench_quality import (
+from benchmarks.common import (
     CACHE,
     DATASETS,
-    RECIPES,
     Prepared,
-    _key,
+    Recipe,
+    add_config_arguments,
+    cache_key,
     load_average,
     model_folder,
     prepare,
-    run_config,
     train_cached,
 )
 from benchmarks.harness import save_result
@@ -71,7 +71,7 @@ METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10")
 def summary_repo(prepared: Prepared, config: GenrecConfig) -> tuple[Path, dict[str, Any]]:
     """The summariser (trained on the training split) and its Feast repo, cached by what made them:
     the data set and the VISTA config (the store's settings do not change a summary)."""
-    key = _key(prepared.name, dataclasses.asdict(config.vista))
+    key = cache_key(prepared.name, dataclasses.asdict(config.vista))
     folder = CACHE / f"vista-{NAME}-{key}"
     model_path, repo_dir = folder / "summarizer.pt", folder / "repo"
     if not model_path.is_file():
@@ -196,13 +196,12 @@ def arm_record(model: TrainedModel, test: dict[str, float]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", default=[],
-                        help="config override section.key=value, for both arms")
+    add_config_arguments(parser)
     args = parser.parse_args()
     loads = [load_average()]
-    common = [*args.set, "model.recent_items=20"]
-    on_config = run_config(NAME, [*common, "model.use_summary=true"])
-    off_config = run_config(NAME, [*common, "model.use_summary=false"])
+    recipe = Recipe(NAME, (*args.set, "model.recent_items=20"), args.config)
+    on_config = recipe.config("model.use_summary=true")
+    off_config = recipe.config("model.use_summary=false")
     if on_config.train.threads:
         torch.set_num_threads(on_config.train.threads)
     prepared = prepare(NAME, on_config)
@@ -235,7 +234,7 @@ def main() -> None:
         "summaries": summaries,
         "feast_join_training": train_join,
         "feast_join_evaluation": test_join,
-        "config_overrides_both": [*RECIPES[NAME], *common],
+        "config_both": recipe.record(),
         "load_average_1_5_15_at_stages": loads,
         "torch_threads": torch.get_num_threads(),
     }

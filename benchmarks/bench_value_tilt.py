@@ -17,8 +17,16 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.bench_quality import DATASETS, SHARED, prepare, run_config
-from benchmarks.bench_rspo import TARGET_NDCG_LOSS, TARGET_VALUE_GAIN, _cached_model
+from benchmarks.common import (
+    DATASETS,
+    RSPO_TARGET_NDCG_LOSS,
+    RSPO_TARGET_VALUE_GAIN,
+    SHARED,
+    Recipe,
+    add_config_arguments,
+    cached_model,
+    prepare,
+)
 from benchmarks.harness import save_result
 from genrec.evaluate import ranking_metrics, recommend
 from genrec.train.data import evaluation_requests, item_rows
@@ -46,10 +54,11 @@ def tilted(items: np.ndarray, scores: np.ndarray, values: np.ndarray, alpha: flo
     return np.take_along_axis(items, order, axis=1)
 
 
-def measure(name: str, overrides: list[str], pool: int, alphas: list[float], allow_train: bool) -> None:
-    config = run_config(name, overrides)
+def measure(recipe: Recipe, pool: int, alphas: list[float], allow_train: bool) -> None:
+    name = recipe.dataset
+    config = recipe.config()
     prepared = prepare(name, config)
-    model = _cached_model(prepared, config, allow_train)
+    model = cached_model(prepared, config, allow_train)
     values = item_values(prepared.splits, model.item_ids)
     rows: dict[str, list[dict[str, float]]] = {}
     for split in SPLITS:
@@ -65,8 +74,8 @@ def measure(name: str, overrides: list[str], pool: int, alphas: list[float], all
         base = rows[split][0]
         for row in rows[split]:
             row["relative"] = {k: row[k] / base[k] - 1.0 if base[k] else float("nan") for k in HEADLINE}
-            row["meets_rspo_target"] = (row["relative"]["value@10"] >= TARGET_VALUE_GAIN
-                                        and row["relative"]["ndcg@10"] >= -TARGET_NDCG_LOSS)
+            row["meets_rspo_target"] = (row["relative"]["value@10"] >= RSPO_TARGET_VALUE_GAIN
+                                        and row["relative"]["ndcg@10"] >= -RSPO_TARGET_NDCG_LOSS)
             print(f"[{name} {split}] alpha {row['alpha']:.2f}: " + " ".join(
                 f"{k} {row[k]:.4f} ({row['relative'][k]:+.1%})" for k in HEADLINE), flush=True)
 
@@ -78,8 +87,8 @@ def measure(name: str, overrides: list[str], pool: int, alphas: list[float], all
             ax.plot(x, y, marker=marker, label=split)
             for row, xi, yi in zip(rows[split], x, y):
                 ax.annotate(f"{row['alpha']:g}", (xi, yi), fontsize=7)
-        ax.axhline(100 * TARGET_VALUE_GAIN, color="#999", ls="--", lw=0.8)
-        ax.axvline(-100 * TARGET_NDCG_LOSS, color="#999", ls="--", lw=0.8)
+        ax.axhline(100 * RSPO_TARGET_VALUE_GAIN, color="#999", ls="--", lw=0.8)
+        ax.axvline(-100 * RSPO_TARGET_NDCG_LOSS, color="#999", ls="--", lw=0.8)
         ax.set_xlabel("NDCG@10 change vs VSL (%)")
         ax.set_ylabel("Value@10 change vs VSL (%)")
         ax.set_title(f"{DATASETS[name]}: VSL top-{pool} re-ranked by log p + alpha log value")
@@ -90,14 +99,14 @@ def measure(name: str, overrides: list[str], pool: int, alphas: list[float], all
     save_result(f"value_tilt_{name}", {"dataset": DATASETS[name], "pool": pool, "cutoff": CUTOFF,
                                        "protocol": "leave-one-out; all users; full catalogue",
                                        "value_source": prepared.value_source, "rows": rows,
-                                       "config_overrides": overrides}, plot)
+                                       **recipe.record()}, plot)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["movielens"], choices=sorted(DATASETS))
-    parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    add_config_arguments(parser)
     parser.add_argument("--pool", type=int, default=40, help="beam width and candidates re-ranked per user")
     parser.add_argument("--alphas", nargs="+", type=float, default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0])
     parser.add_argument("--allow-train", action="store_true", help="train a missing VSL model into the cache")
@@ -110,7 +119,7 @@ def main() -> None:
         if name != "movielens" and not SHARED.is_dir():
             print(f"skipping {name}: {SHARED} is absent")
             continue
-        measure(name, args.set, args.pool, args.alphas, args.allow_train)
+        measure(Recipe.from_args(name, args), args.pool, args.alphas, args.allow_train)
 
 
 if __name__ == "__main__":

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from genrec.config import GenrecConfig
+from testbed.binaries import REQUIRE_SERVERS, require_binary  # noqa: F401 - the tests' import point
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GENREC_SHARED_DATA", REPO.parent / "shared" / "data"))
-REQUIRE_SERVERS = os.environ.get("GENREC_REQUIRE_SERVERS") == "1"
-
-
-def require_binary(name: str) -> str:
-    """Path of a server binary; skips the test (or fails, in CI) when it is missing."""
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} is not installed (apt-get install {name}); .ci/run installs it"
-    if REQUIRE_SERVERS:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture

@@ -24,3 +24,31 @@ def test_record_names_the_commit_and_a_dirty_tree(tmp_path) -> None:
     record = json.loads(path.read_text())
     assert record["commit"] == head and record["dirty"] == state["dirty"] and record["figures"] == {"x": 1}
     assert not record["command"].startswith("/")
+
+
+def test_recipes_reproduce_the_configs_of_the_results_they_name() -> None:
+    """A recipe file is the config its result was made with: the reference recipes hold what the
+    benchmarks' former built-in recipes held (so the cached models keep their keys), and each derived
+    recipe equals its data set's reference plus the --set overrides its result's command recorded."""
+    import shlex
+
+    from benchmarks.common import RECIPES, cache_key, run_config
+    from genrec.config import GenrecConfig, load_config
+
+    def model_inputs(config: GenrecConfig) -> list[object]:
+        raw = config.to_dict()
+        return [raw["model"], raw["train"], raw["sid"], raw["bids"], raw["rspo"]]
+
+    former = {"beauty": ["train.epochs=12", "train.max_examples_per_user=0"],
+              "scientific": ["train.epochs=15", "train.max_examples_per_user=0"],
+              "movielens": ["train.epochs=6", "train.max_examples_per_user=50"]}
+    for name, overrides in former.items():
+        assert cache_key(*model_inputs(run_config(name, []))) == \
+            cache_key(*model_inputs(GenrecConfig().with_overrides(overrides)))
+    derived = {"quality_beauty_likelihood.yaml": ("beauty", "quality_beauty_vsloff_ffn4_ddp2_novalue_seeds"),
+               "rspo_beauty.yaml": ("beauty", "rspo_beauty"),
+               "rspo_movielens.yaml": ("movielens", "rspo_movielens_origins")}
+    for recipe, (name, result) in derived.items():
+        words = shlex.split(json.loads((REPO / "benchmarks" / "results" / f"{result}.json").read_text())["command"])
+        sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+        assert model_inputs(load_config(RECIPES / recipe)) == model_inputs(run_config(name, sets)), recipe

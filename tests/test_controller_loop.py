@@ -65,7 +65,7 @@ class _PolicyReplica(BaseHTTPRequestHandler):
 
 
 def test_without_state_the_controller_adopts_the_replicas_rung(tmp_path: Path) -> None:
-    from tests.prometheus_support import free_port
+    from testbed.prometheus import free_port
 
     servers = []
     for rung in (1, 3):

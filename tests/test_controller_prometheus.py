@@ -29,8 +29,8 @@ import pytest
 from genrec.config import GenrecConfig
 from genrec.controller.loop import BeamController, Tick
 from genrec.controller.metrics import ControllerMetrics
-from tests.conftest import require_binary
-from tests.prometheus_support import LocalPrometheus, free_port
+from testbed.binaries import require_binary
+from testbed.prometheus import LocalPrometheus, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +148,7 @@ def wait_replica(url: str, rung: int, timeout: float = 10.0) -> None:
 
 def test_controller_with_real_prometheus_and_predictor(tmp_path: Path) -> None:
     prometheus_bin = require_binary("prometheus")
-    from tests.serving_support import build_tiny_model, start_server, tiny_request
+    from testbed.serving import build_tiny_model, start_server, tiny_request
 
     model_dir = build_tiny_model(tmp_path / "model")
     server = start_server(model_dir, env={"GENREC_ADMIN_TOKEN": TOKEN})

@@ -190,7 +190,7 @@ def test_local_deploy_starts_then_restarts_the_model_server_on_the_new_version(t
 
     from genrec.deploy.bundle import write_serving_bundle
     from genrec.deploy.local_server import start_local_server, stop_local_server
-    from tests.serving_support import cached_tiny_model, free_port, tiny_request
+    from testbed.serving import cached_tiny_model, free_port, tiny_request
 
     model_dir = cached_tiny_model()
     bundle = write_serving_bundle(tmp_path / "bundle", model_dir)

@@ -11,7 +11,7 @@ import yaml
 from genrec.features import materialize_user_summaries, online_summaries
 from genrec.vista.snapshot import latest_snapshots
 from genrec.vista.train import train_summarizer
-from tests.redis_support import running_redis
+from testbed.redis import running_redis
 from tests.test_features_repo import tied_log
 from tests.test_vista_snapshots import tiny_config
 

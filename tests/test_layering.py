@@ -25,7 +25,7 @@ def test_importing_the_library_loads_no_kfp() -> None:
 
 
 REPO = GENREC.parent
-PACKAGES = ("genrec", "components", "pipelines", "benchmarks")
+PACKAGES = ("genrec", "components", "pipelines", "benchmarks", "testbed")
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -115,6 +115,19 @@ def test_no_file_import_cycle() -> None:
     graph = import_graph()
     assert len(graph) > 80, "the graph covers the project's modules"
     assert cycles(graph) == []
+
+
+def test_benchmarks_and_the_library_import_nothing_from_tests() -> None:
+    """What tests and benchmarks share lives in testbed/ and benchmarks/common.py, not in tests/."""
+    graph = import_graph()
+    for module, targets in graph.items():
+        assert not {t for t in targets if t.startswith("tests")}, module
+    imports_of_benchmarks = {m for m, targets in graph.items()
+                             if m.startswith("benchmarks.bench_") and any(t.startswith("benchmarks.bench_")
+                                                                         for t in targets)}
+    # One benchmark builds on another's measurements only through their public results, except the
+    # soak, which reuses the serving benchmark's model and request bodies.
+    assert imports_of_benchmarks <= {"benchmarks.bench_soak"}, imports_of_benchmarks
 
 
 def test_the_config_depends_on_no_process() -> None:

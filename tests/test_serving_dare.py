@@ -18,7 +18,7 @@ from genrec.model.beam import beam_search
 from genrec.model.decoder import SidSpace, build_decoder
 from genrec.serving.model import build_pool_from_frame
 from genrec.serving.speculative import RetrievalPool, dare_beam_search
-from tests.serving_support import HISTORY_FILE, cached_tiny_model, one_torch_thread
+from testbed.serving import HISTORY_FILE, cached_tiny_model, one_torch_thread
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from genrec.config import ConfigError, GenrecConfig
-from tests.serving_support import cached_tiny_model, one_torch_thread
+from testbed.serving import cached_tiny_model, one_torch_thread
 
 
 @pytest.fixture(autouse=True, scope="module")

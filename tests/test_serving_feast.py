@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.serving_support import build_tiny_feature_repo, cached_tiny_model, free_port, one_torch_thread
+from testbed.serving import build_tiny_feature_repo, cached_tiny_model, free_port, one_torch_thread
 
 PREDICT = "/v1/models/genrec:predict"
 

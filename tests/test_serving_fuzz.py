@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.serving_support import cached_tiny_model, one_torch_thread
+from testbed.serving import cached_tiny_model, one_torch_thread
 
 EXAMPLES = 1000
 

@@ -14,7 +14,7 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from tests.serving_support import ServerHandle, cached_tiny_model, free_port, start_server
+from testbed.serving import ServerHandle, cached_tiny_model, free_port, start_server
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving_support import (
+from testbed.serving import (
     REPO,
     ServerHandle,
     build_tiny_feature_repo,
@@ -447,7 +447,7 @@ def test_a_corrupt_feature_store_shows_in_metrics_and_readiness(tmp_path: Path) 
 def test_a_redis_outage_and_recovery_show_without_any_request(model_dir: Path, tmp_path: Path) -> None:
     """A model that reads no summaries never reads the store per request: the probe alone finds the
     store down, then back."""
-    from tests.redis_support import running_redis
+    from testbed.redis import running_redis
 
     with running_redis(tmp_path) as redis:
         repo = build_tiny_feature_repo(tmp_path / "repo", cached_tiny_model(summary_dim=8), redis_port=redis.port,

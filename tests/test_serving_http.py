@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving_support import (
+from testbed.serving import (
     ServerHandle,
     cached_tiny_model,
     one_torch_thread,

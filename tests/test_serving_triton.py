@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tests.serving_support import ServerHandle, cached_tiny_model, start_server
+from testbed.serving import ServerHandle, cached_tiny_model, start_server
 
 pytestmark = pytest.mark.integration
 

@@ -232,7 +232,7 @@ def _any_rank_worker(rank: int, port: int, results: Any) -> None:
 def test_a_time_limit_hit_on_one_rank_stops_every_rank() -> None:
     import torch.multiprocessing as mp
 
-    from tests.serving_support import free_port
+    from testbed.serving import free_port
 
     with mp.Manager() as manager:
         results = manager.dict()
