@@ -47,7 +47,8 @@ ENV PATH=/opt/genrec/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001
 WORKDIR /home/genrec
-# 8080 HTTP (KServe v1/v2, /metrics, admin), 8081 gRPC: the predictor; 9105: the controller's metrics.
+# 8080 HTTP (KServe v1/v2, /metrics, admin) and 8081 gRPC (when serving.grpc is on): the predictor;
+# 9105: the controller's metrics.
 EXPOSE 8080 8081 9105
 ENTRYPOINT ["genrec"]
 CMD ["--help"]

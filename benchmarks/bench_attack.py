@@ -534,6 +534,132 @@ def log_figures(log: str) -> dict[str, Any]:
             "tracebacks": log.count("Traceback")}
 
 
+@dataclass
+class Outcome:
+    """What the campaign measured, for the verdict and the figures."""
+
+    groups: list[GroupResult]
+    rss_start: float
+    final_metrics: str
+    sigterm_seconds: float
+    log: dict[str, Any]
+
+    @property
+    def total(self) -> int:
+        return sum(g.requests for g in self.groups)
+
+    @property
+    def five_xx(self) -> int:
+        return sum(g.server_errors for g in self.groups)
+
+    @property
+    def rss_peak(self) -> float:
+        return max(g.rss_mb for g in self.groups if g.rss_mb)
+
+
+def run_group(campaign: Campaign, name: str, run: Callable[[GroupResult], None], pid: int) -> GroupResult:
+    """One group, then a valid request that must answer within 1 s, and an RSS reading."""
+    group = GroupResult(name)
+    started = time.monotonic()
+    run(group)
+    group.notes["seconds"] = round(time.monotonic() - started, 1)
+    group.probe_seconds = campaign.probe()
+    group.rss_mb = rss_mb(pid)
+    group.checks["probe within 1 s"] = group.probe_seconds < PROBE_LIMIT_SECONDS
+    print(f"{name}: {group.requests} requests {dict(group.statuses)} probe {group.probe_seconds:.3f} s "
+          f"rss {group.rss_mb:.0f} MB checks {group.checks}", flush=True)
+    return group
+
+
+def attack_server(args: argparse.Namespace, model_dir: Path, folder: Path) -> Outcome:
+    """Phase 1: every group against one server (HTTP and gRPC), then SIGTERM with stalled clients."""
+    grpc_port = free_port()
+    serving = load_config(REPO / args.config).serving
+    server = start_server(model_dir, env={"GENREC_ADMIN_TOKEN": TOKEN}, config=REPO / args.config,
+                          extra_args=["--grpc", "--grpc-port", str(grpc_port)],
+                          log_path=folder / "server.log")
+    campaign = Campaign(server, grpc_port, model_dir, args.seed, args.scale, serving)
+    try:
+        for _ in range(20):
+            campaign.probe()
+        rss_start = rss_mb(server.process.pid)
+        plan: list[tuple[str, Callable[[GroupResult], None]]] = [
+            ("control", campaign.control), ("long_policies", campaign.long_policies),
+            ("grpc", campaign.grpc_group), ("headers", campaign.headers),
+            ("slow_clients", campaign.slow_clients), ("mistakes", campaign.mistakes),
+            ("v2_clients", campaign.v2_clients), ("guard", campaign.guard)]
+        groups = [run_group(campaign, name, run, server.process.pid) for name, run in plan]
+        final = server.metrics()
+        log_dropped = metric(final, "genrec_log_lines_dropped_total")
+        campaign.close()
+        sigterm_seconds = sigterm_with_stalled_clients(server, campaign.port)
+    finally:
+        server.stop()
+    log = {**log_figures(server.log()), "lines_dropped_by_the_rate_limit": log_dropped}
+    return Outcome(groups, rss_start, final, sigterm_seconds, log)
+
+
+def other_processes(model_dir: Path, folder: Path) -> list[GroupResult]:
+    """Phase 2: the groups that need a server of their own (a corrupt store) or none (start-up)."""
+    groups = []
+    for name, run in (("feast_outage", lambda g: feast_outage(folder, g)),
+                      ("startup", lambda g: startup_failures(model_dir, folder, g))):
+        group = GroupResult(name)
+        run(group)
+        groups.append(group)
+        print(f"{name}: {dict(group.statuses)} checks {group.checks}", flush=True)
+    return groups
+
+
+def verdict_of(outcome: Outcome, scale: float, body_timeout: float) -> dict[str, bool]:
+    groups, final = outcome.groups, outcome.final_metrics
+    counted_server_errors = metric(final, "genrec_requests_total", 'code="server_error"')
+    return {
+        "at least 3,000 requests": outcome.total >= 3000 * min(1.0, scale),
+        "zero 5xx": outcome.five_xx == 0 and counted_server_errors == 0 and 'status="5xx"' not in final,
+        "every probe within 1 s": all(g.probe_seconds < PROBE_LIMIT_SECONDS
+                                      for g in groups if g.probe_seconds),
+        "RSS below 1.5x its start": outcome.rss_peak < RSS_LIMIT_RATIO * outcome.rss_start,
+        "SIGTERM with stalled clients ends within the body timeout + 3 s":
+            outcome.sigterm_seconds < body_timeout + SIGTERM_MARGIN_SECONDS,
+        "no ERROR or traceback in the log":
+            outcome.log["error_lines"] == 0 and outcome.log["tracebacks"] == 0,
+        "every group's own checks": all(all(g.checks.values()) for g in groups),
+    }
+
+
+def plot_of(outcome: Outcome) -> plt.Figure:
+    groups = outcome.groups
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    names = [g.name for g in groups]
+    ok = [sum(n for s, n in g.statuses.items() if s.startswith(("2", "grpc:OK"))) for g in groups]
+    refused = [g.requests - o - g.server_errors for g, o in zip(groups, ok)]
+    axes[0].bar(names, ok, label="answered (2xx, gRPC OK)")
+    axes[0].bar(names, refused, bottom=ok, label="refused (4xx, 408/431, gRPC errors, exit 1)")
+    axes[0].bar(names, [g.server_errors for g in groups], bottom=[a + b for a, b in zip(ok, refused)],
+                label="5xx", color="red")
+    axes[0].set_yscale("log")
+    axes[0].set_ylim(bottom=0.8)
+    axes[0].set_ylabel("requests")
+    axes[0].tick_params(axis="x", rotation=45)
+    axes[0].legend(fontsize=7)
+    measured = [g for g in groups if g.rss_mb]
+    axes[1].plot([g.name for g in measured], [g.rss_mb for g in measured], marker="o",
+                 label="server RSS (MB)")
+    axes[1].axhline(outcome.rss_start * RSS_LIMIT_RATIO, ls="--", color="grey", label="1.5x start")
+    axes[1].set_ylabel("RSS after the group (MB)")
+    twin = axes[1].twinx()
+    twin.plot([g.name for g in measured], [1000 * g.probe_seconds for g in measured], marker="s",
+              color="C2", label="valid request after the group (ms)")
+    twin.set_ylabel("probe latency (ms)")
+    axes[1].tick_params(axis="x", rotation=45)
+    axes[1].legend(fontsize=7, loc="upper left")
+    twin.legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"attack campaign on genrec serve: {outcome.total} requests, {outcome.five_xx} 5xx")
+    fig.tight_layout()
+    return fig
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -542,104 +668,20 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every group's request count")
     args = parser.parse_args()
     model_dir = cached_tiny_model()
-    groups: list[GroupResult] = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        grpc_port = free_port()
-        serving = load_config(REPO / args.config).serving
-        server = start_server(model_dir, env={"GENREC_ADMIN_TOKEN": TOKEN}, config=REPO / args.config,
-                              extra_args=["--grpc", "--grpc-port", str(grpc_port)],
-                              log_path=folder / "server.log")
-        campaign = Campaign(server, grpc_port, model_dir, args.seed, args.scale, serving)
-        try:
-            for _ in range(20):
-                campaign.probe()
-            rss_start = rss_mb(server.process.pid)
-            plan: list[tuple[str, Callable[[GroupResult], None]]] = [
-                ("control", campaign.control), ("long_policies", campaign.long_policies),
-                ("grpc", campaign.grpc_group), ("headers", campaign.headers),
-                ("slow_clients", campaign.slow_clients), ("mistakes", campaign.mistakes),
-                ("v2_clients", campaign.v2_clients), ("guard", campaign.guard)]
-            for name, run in plan:
-                group = GroupResult(name)
-                started = time.monotonic()
-                run(group)
-                group.notes["seconds"] = round(time.monotonic() - started, 1)
-                group.probe_seconds = campaign.probe()
-                group.rss_mb = rss_mb(server.process.pid)
-                group.checks["probe within 1 s"] = group.probe_seconds < PROBE_LIMIT_SECONDS
-                groups.append(group)
-                print(f"{name}: {group.requests} requests {dict(group.statuses)} probe "
-                      f"{group.probe_seconds:.3f} s rss {group.rss_mb:.0f} MB checks {group.checks}",
-                      flush=True)
-            final = server.metrics()
-            log_dropped = metric(final, "genrec_log_lines_dropped_total")
-            campaign.close()
-            sigterm_seconds = sigterm_with_stalled_clients(server, campaign.port)
-        finally:
-            server.stop()
-        log = {**log_figures(server.log()), "lines_dropped_by_the_rate_limit": log_dropped}
-        for name, run_other in (("feast_outage", lambda g: feast_outage(folder, g)),
-                                ("startup", lambda g: startup_failures(model_dir, folder, g))):
-            group = GroupResult(name)
-            run_other(group)
-            groups.append(group)
-            print(f"{name}: {dict(group.statuses)} checks {group.checks}", flush=True)
-    total = sum(g.requests for g in groups)
-    five_xx = sum(g.server_errors for g in groups)
-    counted_server_errors = metric(final, "genrec_requests_total", 'code="server_error"')
-    rss_peak = max(g.rss_mb for g in groups if g.rss_mb)
-    verdict = {
-        "at least 3,000 requests": total >= 3000 * min(1.0, args.scale),
-        "zero 5xx": five_xx == 0 and counted_server_errors == 0 and 'status="5xx"' not in final,
-        "every probe within 1 s": all(g.probe_seconds < PROBE_LIMIT_SECONDS
-                                      for g in groups if g.probe_seconds),
-        "RSS below 1.5x its start": rss_peak < RSS_LIMIT_RATIO * rss_start,
-        "SIGTERM with stalled clients ends within the body timeout + 3 s":
-            sigterm_seconds < serving.body_timeout_seconds + SIGTERM_MARGIN_SECONDS,
-        "no ERROR or traceback in the log": log["error_lines"] == 0 and log["tracebacks"] == 0,
-        "every group's own checks": all(all(g.checks.values()) for g in groups),
-    }
+        outcome = attack_server(args, model_dir, Path(tmp))
+        outcome.groups += other_processes(model_dir, Path(tmp))
+    verdict = verdict_of(outcome, args.scale, load_config(REPO / args.config).serving.body_timeout_seconds)
     figures = {
-        "requests": total, "server_errors_5xx": five_xx, "rss_start_mb": round(rss_start, 1),
-        "rss_peak_mb": round(rss_peak, 1), "rss_peak_ratio": round(rss_peak / rss_start, 3),
-        "sigterm_seconds_with_20_stalled_clients": round(sigterm_seconds, 2), "log": log,
-        "server": {"model": "tiny LazyAR (testbed/serving.py)", "config": args.config,
-                   "grpc": True},
-        "groups": {g.name: g.to_json() for g in groups}, "verdict": verdict, "passed": all(verdict.values()),
+        "requests": outcome.total, "server_errors_5xx": outcome.five_xx,
+        "rss_start_mb": round(outcome.rss_start, 1), "rss_peak_mb": round(outcome.rss_peak, 1),
+        "rss_peak_ratio": round(outcome.rss_peak / outcome.rss_start, 3),
+        "sigterm_seconds_with_20_stalled_clients": round(outcome.sigterm_seconds, 2), "log": outcome.log,
+        "server": {"model": "tiny LazyAR (testbed/serving.py)", "config": args.config, "grpc": True},
+        "groups": {g.name: g.to_json() for g in outcome.groups}, "verdict": verdict,
+        "passed": all(verdict.values()),
     }
-
-    def plot() -> plt.Figure:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-        names = [g.name for g in groups]
-        ok = [sum(n for s, n in g.statuses.items() if s.startswith(("2", "grpc:OK"))) for g in groups]
-        refused = [g.requests - o - g.server_errors for g, o in zip(groups, ok)]
-        axes[0].bar(names, ok, label="answered (2xx, gRPC OK)")
-        axes[0].bar(names, refused, bottom=ok, label="refused (4xx, 408/431, gRPC errors, exit 1)")
-        axes[0].bar(names, [g.server_errors for g in groups], bottom=[a + b for a, b in zip(ok, refused)],
-                    label="5xx", color="red")
-        axes[0].set_yscale("log")
-        axes[0].set_ylim(bottom=0.8)
-        axes[0].set_ylabel("requests")
-        axes[0].tick_params(axis="x", rotation=45)
-        axes[0].legend(fontsize=7)
-        measured = [g for g in groups if g.rss_mb]
-        axes[1].plot([g.name for g in measured], [g.rss_mb for g in measured], marker="o",
-                     label="server RSS (MB)")
-        axes[1].axhline(rss_start * RSS_LIMIT_RATIO, ls="--", color="grey", label="1.5x start")
-        axes[1].set_ylabel("RSS after the group (MB)")
-        twin = axes[1].twinx()
-        twin.plot([g.name for g in measured], [1000 * g.probe_seconds for g in measured], marker="s",
-                  color="C2", label="valid request after the group (ms)")
-        twin.set_ylabel("probe latency (ms)")
-        axes[1].tick_params(axis="x", rotation=45)
-        axes[1].legend(fontsize=7, loc="upper left")
-        twin.legend(fontsize=7, loc="upper right")
-        fig.suptitle(f"attack campaign on genrec serve: {total} requests, {five_xx} 5xx")
-        fig.tight_layout()
-        return fig
-
-    save_result("attack", figures, plot)
+    save_result("attack", figures, lambda: plot_of(outcome))
     if not figures["passed"]:
         raise SystemExit(f"attack campaign failed: {[k for k, v in verdict.items() if not v]}")
 

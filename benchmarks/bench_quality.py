@@ -3,27 +3,20 @@ Recall/NDCG/Value@5,10 on the TEST target of ALL users (history = train + valid)
 semantic IDs from genrec.sid. One JSON + learning-curve plot per data set, and with --vsl the
 VSL on/off comparison (benchmarks/results/vsl_<dataset>.json).
 
-    nice python -m benchmarks.bench_quality --datasets beauty movielens scientific --vsl
+    python -m benchmarks.bench_quality --datasets beauty movielens scientific --vsl --set train.threads=1
 
-The reference recipe (RECIPES) is the value-aware model the RSPO, DARE and serving benchmarks build
-on. The recipe that meets TIGER's published Beauty figures on the mean of three seeds trains for
-likelihood alone (VSL off), with a 4x-wide feed-forward, semantic IDs without the value buckets
-(sid.use_value=false: they split co-occurring items for a signal the likelihood does not use), on
-both cores (two torchrun ranks of 256, so the global batch stays 512); about 30 min per seed on this
-2-core machine (quality_beauty_vsloff_ffn4_ddp2_novalue_seeds.json):
-
-    nice python -m benchmarks.bench_quality --datasets beauty --tag vsloff_ffn4_ddp2_novalue \
-        --seeds 1234 7 11 --set train.threads=1 --set train.processes=2 --set train.batch_size=256 \
-        --set train.vsl=false --set model.ffn_multiplier=4 --set sid.use_value=false \
-        --set train.max_minutes=58
+Each data set runs its reference recipe, configs/recipes/quality_<dataset>.yaml: the value-aware
+model the RSPO, DARE and serving benchmarks build on. `--config` runs another recipe, such as
+configs/recipes/quality_beauty_likelihood.yaml, the one that meets TIGER's published Beauty figures
+on the mean of three seeds (its header gives its command).
 
 Seeds move Beauty's test NDCG@10 by about 3%, so a recipe is judged on the mean of several:
 `--seeds` trains or reuses one model per seed and writes quality_<dataset>_<tag>_seeds.json with each
 seed's figures and their mean. Without it, one model (train.seed) and its learning curve.
 
 Validation curves are on a user subset (they run above test; the prototype saw +0.02 at R@10).
-Codebooks and trained models are cached under ~/.cache/genrec/bench by a hash of what made them,
-so bench_lazyar reuses the LazyAR model trained here.
+Codebooks and trained models are cached under ~/.cache/genrec/bench by a hash of what made them
+(benchmarks/common.py), so bench_lazyar reuses the LazyAR model trained here.
 """
 
 from __future__ import annotations

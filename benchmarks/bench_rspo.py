@@ -1,53 +1,25 @@
 """RSPO against its VSL starting point and the pairwise-DPO ablation, evaluated in one run:
 Recall/NDCG/Value@10 on the TEST target of ALL users (history train + valid, full catalogue).
-RSPO and DPO learn only from training rows. Writes benchmarks/results/rspo_<dataset>.json + .png.
+RSPO and DPO learn only from training rows. Writes benchmarks/results/rspo_<dataset>[_<tag>].json
+and a PNG.
 
-    nice python -m benchmarks.bench_rspo --datasets movielens beauty --set rspo.threads=1
+    python -m benchmarks.bench_rspo --datasets beauty --config configs/recipes/rspo_beauty.yaml --tag avg
 
-results/rspo_beauty.json used `--set rspo.max_examples_per_user=4 --set rspo.max_minutes=12
---set rspo.positive_window=5`, the window picked on validation (rspo_sweep_beauty_s4.json): 17 min
-for one seed, RSPO and DPO with the three test evaluations.
+The headline recipes and their commands are in configs/recipes/rspo_*.yaml; what they measured, and
+why the defaults are what they are, is in docs/rspo.md and benchmarks/README.md.
 
-results/rspo_movielens.json used `--set train.threads=1 --set rspo.threads=1 --set
-rspo.skip_latest=50 --set rspo.max_examples_per_user=30 --set rspo.positive_window=5 --seeds 4321 1
-2`, about 15 min: RSPO learns from each user's 30 training positions before the latest 50, which
-the VSL model (train.max_examples_per_user=50) never trained on. On those it had memorised, 17 of
-19 settings lowered validation Value@10 and none raised it by 4% (rspo_sweep_movielens_*.json
-against rspo_sweep_movielens_skip*.json).
-The same with `--set rspo.kl_weight=0.03`, the best of sweeps J-K on validation, wrote
-rspo_movielens_kl003.json. Neither meets the target on test, though both do on the validation
-mean: the seeds the sweeps picked on gained more value there than the one they never saw. The first
-command re-run on another host (rspo_movielens_repro.json) trained the same VSL model (identical test
-figures) but not the same fine-tunes: their losses differ from the first logged step, so RSPO is
-bit-reproducible on one host (rspo_movielens_repro_same_host.json) but not across hosts. On the
-second host RSPO gave Value@10 +1.0%, NDCG@10 -6.5%.
+Modes:
+- default: VSL, VSL+RSPO and VSL+DPO on test, RSPO and DPO once per `--seeds` seed, averaged, with a
+  paired bootstrap over users;
+- `--origins 0 2 3 ...`: the same comparison at several split origins, pooled. Origin k leaves each
+  user's latest k interactions out before the split, so its test target is the item k places before
+  the last. Each origin gets its own codebook, VSL model (--allow-train) and fine-tunes;
+- `--sweep`: tries RSPO settings (each a comma-separated list of overrides) and records their
+  VALIDATION figures: settings are picked on validation, never on test. With `--origins 2 3 ...`,
+  each variant's validation change is pooled over those origins, whose targets no earlier choice used.
 
-rspo_movielens_prereg.json is the one test run of a rule committed beforehand
-(results/rspo_movielens_preregistration.md): the KL weight was picked on validation with the fresh
-seeds 2, 7 and 11, which gave +6.6% / -1.0% there. On test it gave +0.8% / -5.6%. Per seed, the
-validation changes do not predict the test ones.
-
-`--sweep rspo.seed=...` with `--set rspo.average_from=0.5` (rspo_sweep_<dataset>_avgA.json) measures
-how much tail averaging narrows the spread between seeds. The last iterate is in _lastA and the
-_confirm sweeps. Averaging has been the default since those sweeps, so the result files written
-before it kept the last iterate: to re-run their commands as they ran, add
-`--set rspo.average_from=0`.
-
-`--origins 0 2 3 ...` runs the same comparison at several split origins and pools them
-(rspo_<dataset>_origins.json). Origin k leaves each user's latest k interactions out before the
-split, so its test target is the item k places before the last. Each origin gets its own codebook, VSL
-model (--allow-train) and fine-tunes. With seven origins MovieLens has 6,601 test targets instead of
-943, which narrows the interval of the value change by about 2.6 times if the origins are independent.
-Rule 3 of rspo_movielens_preregistration.md fixes the run and how it is read. With `--sweep`,
-`--origins 2 3 4 5 6 7` pools each variant's VALIDATION change over those origins
-(rspo_sweep_<dataset>_origins_<tag>.json). No earlier choice used their validation targets, so that
-is where MovieLens settings are picked from now on, not on origin 0's validation.
-
-The VSL models are the ones bench_quality trains (same recipes, same cache under
-~/.cache/genrec/bench); a missing one is an error unless --allow-train is given, since Beauty's
-takes over half an hour. `--sweep` tries RSPO settings (each a comma-separated list of overrides)
-and records their VALIDATION figures (all users) in rspo_sweep_<dataset>.json: settings are picked
-on validation, never on test.
+The VSL models are the ones bench_quality trains (same recipes, same cache); a missing one is an
+error unless --allow-train is given, since Beauty's takes over half an hour.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Do VISTA summary tokens help a downstream next-item model on Beauty? (issue 4's acceptance)
+"""Do VISTA summary tokens help a downstream next-item model on Beauty?
 
 Two arms, one run, the same recipe and budget (bench_quality's Beauty recipe, `train.epochs`
 reduced equally for both on this shared CPU), both with the last `model.recent_items` = 20 items:

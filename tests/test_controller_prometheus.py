@@ -2,7 +2,7 @@
 loopback every second, and the controller reading Prometheus and pushing rungs to the predictor's
 admin endpoint.
 
-Acceptance (issue 8): the controller steps down under load and back up when the load drops; with
+What it shows: the controller steps down under load and back up when the load drops; with
 Prometheus stopped mid-test it holds the last rung for `hold_seconds`, then falls back to
 `safe_rung`; a restarted controller resumes its rung from the state file without a flap.
 

@@ -744,7 +744,7 @@ def test_alerts_use_only_defined_metrics() -> None:
             used |= names
     for name in recorded:
         assert name.startswith("genrec:") and name.count(":") == 2, f"{name}: level:metric:operations naming"
-    # The alerts the issue asks for exist and read the right series.
+    # The alerts a platform owner needs exist and read the right series.
     alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
     expected = {
         "GenrecLatencySLOFastBurn": metrics.REQUEST_SECONDS, "GenrecLatencySLOSlowBurn": metrics.REQUEST_SECONDS,
@@ -860,7 +860,7 @@ def test_dashboard_parses_and_queries_known_metrics() -> None:
             names = metric_names(target["expr"])
             assert names and names <= known, f"{panel['title']!r}: unknown metric(s) {sorted(names - known)}"
             used |= names
-    # What the issue asks the dashboard to show.
+    # What the dashboard must show.
     for metric in (f"{metrics.REQUEST_SECONDS}_bucket", metrics.REQUESTS, metrics.INFLIGHT, metrics.BEAM_RUNG,
                    metrics.CONTROLLER_RUNG, metrics.BEAM_WIDTH, metrics.DARE_ACCEPTED_TOKENS,
                    metrics.DARE_DRAFT_TOKENS, metrics.FEAST_MISSES, metrics.FEAST_ERRORS, metrics.FEATURE_STORE_UP,
