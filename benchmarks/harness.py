@@ -70,15 +70,21 @@ def git_state() -> dict[str, Any]:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
 
 
+# Read when a benchmark starts (it imports this module first): the commit its code came from, even if
+# the tree changes while it runs.
+STARTED_FROM = git_state()
+
+
 def save_result(name: str, figures: dict[str, Any], plot: Callable[[], Figure] | None = None,
                 results_dir: Path = RESULTS) -> Path:
     """Writes the JSON (and the PNG if `plot` is given) and prints the figures. The record names the
-    commit (and whether the tree was dirty) and the command relative to the repository."""
+    commit the benchmark started from (and whether the tree was dirty) and the command relative to
+    the repository."""
     results_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "name": name,
         "command": command_line(),
-        **git_state(),
+        **STARTED_FROM,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "figures": figures,

@@ -12,7 +12,6 @@ import functools
 import ipaddress
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ import yaml
 
 from genrec import contract as metrics
 from genrec.config import GenrecConfig
-from tests.conftest import REPO, REQUIRE_SERVERS
+from testbed.binaries import require_binary
+from tests.conftest import REPO
 
 MANIFESTS = REPO / "manifests"
 OVERLAYS = {
@@ -58,15 +58,8 @@ TOOL_HINTS = {
 
 
 def require_tool(name: str) -> str:
-    """A command-line tool's path; skips the test without it, or fails when GENREC_REQUIRE_SERVERS=1 (CI),
-    as tests/conftest.py's require_binary does, with an install hint that fits the tool."""
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} is not installed: {TOOL_HINTS[name]}"
-    if REQUIRE_SERVERS:
-        pytest.fail(message)
-    pytest.skip(message)
+    """A command-line tool's path, with the install hint that fits the tool."""
+    return require_binary(name, TOOL_HINTS[name])
 
 
 @functools.cache
