@@ -54,7 +54,7 @@ import yaml
 
 from benchmarks import common as bq
 from benchmarks.harness import save_result
-from genrec.config import GenrecConfig
+from genrec.config import GenrecConfig, load_config
 from genrec.evaluate import evaluate
 from genrec.serving.policy import BeamLadder
 from genrec.train.data import evaluation_requests
@@ -69,8 +69,8 @@ LIGHT_FRACTION = 0.5  # "light load": offered at most this share of the widest r
 OVERLOAD_FRACTION = 1.0  # "overload": offered above the widest rung's capacity
 SETTLE_SECONDS = 30.0  # the constant-load segment's first part, before the no-oscillation count
 
-# The experiment's configuration, as `--set` overrides on the defaults (more `--set` on the command
-# line go after these). Measured on this machine before choosing (aiohttp client, closed loop at 32):
+# The experiment's configuration is configs/recipes/controller_ramp.yaml (more `--set` on the command
+# line go after it). Measured on this machine before choosing (aiohttp client, closed loop at 32):
 #
 #   width                   2      4      8      16     32     64     128    256
 #   capacity (requests/s)   259    243    216    179    149    93     58     33
@@ -98,14 +98,7 @@ SETTLE_SECONDS = 30.0  # the constant-load segment's first part, before the no-o
 #   ramp's scale) instead of 10. The feed-forward's fast window holds 3 scrapes.
 GUARD_SLO_SHARE = 0.75
 NO_GUARD = "serving.inflight_guard=100000"
-EXPERIMENT = [
-    "serving.beam_ladder=[[4],[16],[64],[256]]", "serving.default_rung=3", "serving.max_beam_width=256",
-    NO_GUARD,
-    "controller.slo_p99_seconds=0.2", "controller.interval_seconds=1.0", "controller.window=5s",
-    "controller.cooldown_seconds=5.0", "controller.up_after=5", "controller.hold_seconds=10.0",
-    "controller.push_timeout_seconds=1.0", "controller.push_retries=3", "controller.push_backoff_seconds=0.2",
-    "controller.capacity_memory_seconds=120", "controller.fast_window=3s",
-]
+RECIPE = "configs/recipes/controller_ramp.yaml"
 
 
 @dataclass(frozen=True)
@@ -333,6 +326,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="beauty", choices=sorted(bq.DATASETS))
+    parser.add_argument("--config", default=RECIPE, help="the experiment's config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="config override section.key=value, after the experiment's own (repeatable)")
     parser.add_argument("--recall-users", type=int, default=2000)
@@ -373,13 +367,17 @@ class Experiment:
         return self.cfg.controller.slo_p99_seconds
 
     @property
+    def config_path(self) -> Path:
+        return bq.REPO / self.args.config
+
+    @property
     def serving_overrides(self) -> list[str]:
-        return [o for o in [*EXPERIMENT, *self.args.overrides] if o.startswith("serving.")]
+        return [o for o in self.args.overrides if o.startswith("serving.")]
 
 
 def prepare_experiment(args: argparse.Namespace) -> Experiment:
     """Phase 1: the model (bench_quality's, cached), each rung's offline recall, the request bodies."""
-    cfg = GenrecConfig().with_overrides([*EXPERIMENT, *args.overrides])
+    cfg = load_config(bq.REPO / args.config, args.overrides)
     serving = cfg.serving
     ladder = BeamLadder.from_config(serving.beam_ladder, serving.default_rung, serving.max_beam_width)
     config = bq.run_config(args.dataset, [])
@@ -444,7 +442,7 @@ def run_setup(exp: Experiment, stack: Stack, setup: Setup, profile: list[Segment
         stack.server.stop()
         bound = f"serving.inflight_guard={guard}" if setup.guard else NO_GUARD
         stack.server = start_server(exp.model_dir, env={"GENREC_ADMIN_TOKEN": TOKEN}, port=stack.port,
-                                    overrides=[*exp.serving_overrides, bound],
+                                    config=exp.config_path, overrides=[*exp.serving_overrides, bound],
                                     log_path=exp.work / f"server-{name}.log")
         stack.guard_on = setup.guard
         for rung in range(len(exp.ladder)):  # warm every rung's shapes again
@@ -486,7 +484,8 @@ def figures_of(exp: Experiment, setups: list[Setup], results: dict[str, Any], ca
         "dataset": bq.DATASETS[args.dataset],
         "ladder": exp.cfg.serving.beam_ladder,
         "slo_p99_seconds": exp.slo,
-        "config_overrides": [*EXPERIMENT, *args.overrides],
+        "recipe": args.config,
+        "config_overrides": args.overrides,
         "controller_config": dataclasses.asdict(exp.cfg.controller),
         "capacity_rps_per_rung": capacities,
         "capacity_ratio_narrowest_to_widest": capacities[0] / capacity,
@@ -528,7 +527,8 @@ def main() -> None:
         sys.exit("prometheus is not installed (apt-get install prometheus)")
     exp = prepare_experiment(args)
     top = exp.ladder.top
-    server = start_server(exp.model_dir, overrides=exp.serving_overrides, env={"GENREC_ADMIN_TOKEN": TOKEN},
+    server = start_server(exp.model_dir, config=exp.config_path, overrides=exp.serving_overrides,
+                          env={"GENREC_ADMIN_TOKEN": TOKEN},
                           log_path=exp.work / "server.log")
     stack = Stack(server, int(server.url.rsplit(":", 1)[1]),
                   LocalPrometheus(prometheus_bin, exp.work / "prometheus",

@@ -52,3 +52,18 @@ def test_recipes_reproduce_the_configs_of_the_results_they_name() -> None:
         words = shlex.split(json.loads((REPO / "benchmarks" / "results" / f"{result}.json").read_text())["command"])
         sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
         assert model_inputs(load_config(RECIPES / recipe)) == model_inputs(run_config(name, sets)), recipe
+
+
+def test_the_controller_ramp_recipe_is_the_experiment_its_results_ran() -> None:
+    from benchmarks.common import RECIPES
+    from genrec.config import GenrecConfig, load_config
+
+    former = [  # the experiment's overrides, as bench_controller_ramp held them when its results ran
+        "serving.beam_ladder=[[4],[16],[64],[256]]", "serving.default_rung=3", "serving.max_beam_width=256",
+        "serving.inflight_guard=100000",
+        "controller.slo_p99_seconds=0.2", "controller.interval_seconds=1.0", "controller.window=5s",
+        "controller.cooldown_seconds=5.0", "controller.up_after=5", "controller.hold_seconds=10.0",
+        "controller.push_timeout_seconds=1.0", "controller.push_retries=3", "controller.push_backoff_seconds=0.2",
+        "controller.capacity_memory_seconds=120", "controller.fast_window=3s",
+    ]
+    assert load_config(RECIPES / "controller_ramp.yaml") == GenrecConfig().with_overrides(former)
