@@ -146,6 +146,39 @@ def data_stats(
         console.print(f"note: {note}")
 
 
+@data_app.command("synth")
+@friendly_errors()
+def data_synth(
+    events: int = typer.Option(..., "--events", min=1,
+                               help="Events in the log (1e8 is fine: memory stays flat)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write (it must not exist)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same log."),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Write a synthetic ad log: partitioned parquet (by user hash) and a catalogue (see synth.* in the
+    config)."""
+    from genrec.data.synth import SynthError, generate
+
+    cfg = _config(config_path, overrides)
+    if output.exists():
+        raise typer.BadParameter(f"{output} exists: give a new folder", param_hint="--output")
+    columns = (TextColumn("synth"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} events"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err_console) as bar:
+        task = bar.add_task("synth", total=events)
+        try:
+            summary = generate(events, output, seed, cfg.synth,
+                               progress=lambda done, _: bar.update(task, completed=done))
+        except SynthError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--events") from exc
+    sizes = summary.sizes
+    console.print(f"[green]wrote[/] {output}: {sizes.events:,} events, {sizes.users:,} users, "
+                  f"{sizes.items:,} items, {sizes.advertisers:,} advertisers, {sizes.buckets} files; "
+                  f"ultra-long users {', '.join(summary.ultra_users) or 'none'}; "
+                  f"{summary.first_event} .. {summary.last_event}")
+
+
 # ------------------------------------------------------------------------------------------------
 # genrec pipeline ...
 # ------------------------------------------------------------------------------------------------

@@ -59,6 +59,49 @@ class DataConfig:
 
 
 @dataclass
+class SynthConfig:
+    """The synthetic ad log of `genrec data synth`: sizes relative to the number of events, and the
+    shapes of real ad traffic (power-law item popularity, log-normal advertiser bids over several
+    orders of magnitude, long-tailed history lengths with a few ultra-long users, sessions in time)."""
+
+    seed: int = 20241201
+    events_per_user: float = 50.0
+    events_per_item: float = 200.0
+    items_per_advertiser: float = 20.0
+    categories: int = 64
+    # Item popularity ~ rank^-exponent within the catalogue (and within a category).
+    popularity_exponent: float = 1.1
+    # Share of a user's events in their own home category (the rest follow global popularity).
+    home_category_share: float = 0.6
+    # History lengths: log-normal with this sigma around events_per_user, at least min_events.
+    length_sigma: float = 1.0
+    min_events: int = 5
+    # A few ultra-long users (a bot, a power user) with this many events each, at most max_share of
+    # the log between them.
+    ultra_users: int = 3
+    ultra_events: int = 100_000
+    ultra_max_share: float = 0.3
+    # Bids: log-normal per advertiser (sigma 2 spans several orders of magnitude), times a
+    # log-normal factor per item.
+    bid_log_sigma: float = 2.0
+    item_bid_log_sigma: float = 0.3
+    # Sessions: a new session starts with this probability; gaps inside a session and between
+    # sessions are exponential with these means.
+    session_start_probability: float = 0.125
+    in_session_gap_seconds: float = 60.0
+    between_sessions_gap_seconds: float = 86_400.0
+    start: str = "2024-01-01T00:00:00Z"
+    # Users' first events are spread over this many days, and no history spans more than
+    # max_history_days: a heavy user's sessions come closer together.
+    start_spread_days: float = 30.0
+    max_history_days: float = 90.0
+    # Output: one parquet file per bucket of users (by hash), about this many events per bucket; the
+    # generator holds about one chunk of this many events in memory at a time.
+    events_per_bucket: int = 2_000_000
+    events_per_chunk: int = 2_000_000
+
+
+@dataclass
 class BidConfig:
     """Seeded simulation of advertiser bids, used only where a data set has no value column.
 
@@ -603,6 +646,7 @@ class ControllerConfig:
 @dataclass
 class GenrecConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
     bids: BidConfig = field(default_factory=BidConfig)
     sid: SidConfig = field(default_factory=SidConfig)
     vista: VistaConfig = field(default_factory=VistaConfig)
@@ -682,12 +726,30 @@ class GenrecConfig:
         for name in ("advertiser_log_sigma", "item_log_sigma"):
             if getattr(self.bids, name) < 0:
                 raise ConfigError(f"bids.{name} must be non-negative")
+        self._check_synth()
         self._check_sid()
         self._check_vista()
         self._check_features()
         self._check_model_train()
         self._check_rspo()
         self._check_pipeline_deploy()
+
+    def _check_synth(self) -> None:
+        synth = self.synth
+        for name in ("events_per_user", "events_per_item", "items_per_advertiser", "popularity_exponent",
+                     "in_session_gap_seconds", "between_sessions_gap_seconds", "start_spread_days",
+                     "max_history_days"):
+            if not getattr(synth, name) > 0:
+                raise ConfigError(f"synth.{name} must be positive")
+        for name in ("categories", "min_events", "events_per_bucket", "events_per_chunk"):
+            if getattr(synth, name) < 1:
+                raise ConfigError(f"synth.{name} must be at least 1")
+        for name in ("home_category_share", "session_start_probability", "ultra_max_share"):
+            if not 0 <= getattr(synth, name) <= 1:
+                raise ConfigError(f"synth.{name} must be in [0, 1]")
+        if synth.ultra_users < 0 or synth.ultra_events < 0 or synth.length_sigma < 0 \
+                or synth.bid_log_sigma < 0 or synth.item_bid_log_sigma < 0:
+            raise ConfigError("synth.ultra_users, ultra_events and the sigmas must be non-negative")
 
     def _check_controller(self) -> None:
         c, serving = self.controller, self.serving

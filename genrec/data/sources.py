@@ -6,6 +6,7 @@
 | `amazon-beauty` (S3-Rec text) | `Beauty.txt` + `Beauty_item2attributes.json` |
 | `amazon-scientific` (Amazon JSON) | `Scientific.inter.json` + `Scientific.item.json` |
 | generic | a parquet or CSV log with `user_id, item_id, timestamp[, value]`, optional catalogue |
+| partitioned | a folder: `interactions/*.parquet` (the generic columns) and `catalogue.parquet` |
 
 Order-only sources (both Amazon formats) have no timestamps: the i-th interaction of a user gets
 `order_only_epoch + i seconds`. Timestamps therefore order events within a user, which is all that
@@ -243,9 +244,19 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise SourceError(f"{path}: unsupported file type {suffix!r}; use .parquet, .csv or .tsv")
 
 
-def load_generic(path: Path, config: DataConfig) -> RawDataset:
-    """A user's own log: `user_id, item_id, timestamp` and optionally `value`, in time order per user."""
-    log = _read_table(path)
+def _read_partitions(folder: Path) -> pd.DataFrame:
+    """Every parquet file of a folder, in file-name order (each file's rows in their order)."""
+    parts = sorted(folder.glob("*.parquet"))
+    if not parts:
+        raise SourceError(f"{folder} holds no parquet file")
+    return pd.concat([_read_table(part) for part in parts], ignore_index=True)
+
+
+def load_generic(path: Path, config: DataConfig, catalogue_path: str | Path | None = None) -> RawDataset:
+    """A user's own log: `user_id, item_id, timestamp` and optionally `value`, in time order per user.
+    `path` is one file, or a folder of parquet files (the partitioned generic format)."""
+    log = _read_partitions(path) if path.is_dir() else _read_table(path)
+    catalogue_path = catalogue_path or config.catalogue_path
     for column in ("user_id", "item_id", "timestamp"):
         if column not in log.columns:
             raise ContractError(
@@ -257,10 +268,10 @@ def load_generic(path: Path, config: DataConfig) -> RawDataset:
     if config.sort_by_timestamp:
         interactions["timestamp"] = to_utc_timestamps(interactions["timestamp"])
         interactions = interactions.sort_values(["user_id", "timestamp"], kind="stable")
-    if config.catalogue_path:
-        catalogue = _read_table(Path(config.catalogue_path).expanduser())
+    if catalogue_path:
+        catalogue = _read_table(Path(catalogue_path).expanduser())
         if "item_id" not in catalogue.columns:
-            raise ContractError(f"catalogue: column 'item_id' is missing from {config.catalogue_path}")
+            raise ContractError(f"catalogue: column 'item_id' is missing from {catalogue_path}")
         for column in ("title", "description", "brand"):
             if column not in catalogue.columns:
                 catalogue[column] = None
@@ -276,7 +287,7 @@ def load_generic(path: Path, config: DataConfig) -> RawDataset:
         source=str(path),
         has_timestamps=True,
         value_source="observed" if has_value else "simulated",
-        notes=[] if config.catalogue_path else ["no catalogue given: items are taken from the log"],
+        notes=[] if catalogue_path else ["no catalogue given: items are taken from the log"],
     )
     return RawDataset(interactions.reset_index(drop=True), catalogue.reset_index(drop=True), info)
 
@@ -286,6 +297,10 @@ def load_generic(path: Path, config: DataConfig) -> RawDataset:
 # --------------------------------------------------------------------------------------------
 
 SHARED_SETS = {"amazon-beauty": "amazon-beauty", "amazon-scientific": "amazon-scientific"}
+# The partitioned generic format (what `genrec data synth` writes): a folder of parquet parts of the
+# log, and the catalogue beside it.
+PARTITIONED_INTERACTIONS = "interactions"
+PARTITIONED_CATALOGUE = "catalogue.parquet"
 
 
 def resolve_source(config: DataConfig) -> tuple[str, Callable[[], RawDataset]]:
@@ -309,6 +324,10 @@ def resolve_source(config: DataConfig) -> tuple[str, Callable[[], RawDataset]]:
             )
     if path.is_file():
         return "generic", lambda: load_generic(path, config)
+    if (path / PARTITIONED_INTERACTIONS).is_dir():
+        catalogue = path / PARTITIONED_CATALOGUE
+        return "partitioned", lambda: load_generic(path / PARTITIONED_INTERACTIONS, config,
+                                                   catalogue if catalogue.is_file() else None)
     if any(path.glob("*_item2attributes.json")):
         return "amazon-s3rec", lambda: load_amazon_s3rec(path, config)
     if any(path.glob("*.inter.json")):
@@ -318,7 +337,8 @@ def resolve_source(config: DataConfig) -> tuple[str, Callable[[], RawDataset]]:
         return "generic", lambda: load_generic(tables[0], config)
     raise SourceError(
         f"cannot tell the format of {path}: expected *_item2attributes.json (S3-Rec), *.inter.json "
-        "(Amazon JSON) or a single parquet/CSV log"
+        "(Amazon JSON), an interactions/ folder of parquet parts (the partitioned format of "
+        "`genrec data synth`) or a single parquet/CSV log"
     )
 
 
