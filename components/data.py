@@ -15,37 +15,36 @@ def ingest_and_validate(
     metrics: Output[Metrics],
 ):
     """Converts the configured source into the data contract and validates it with Great
-    Expectations. On failure it prints the short report and fails; no data artefact is written."""
+    Expectations, on Ray (data.engine) or in memory. The interactions artefact is a folder of user
+    buckets (genrec.data.partitioned). On failure it prints the short report and fails; no data
+    artefact is written."""
     import sys
 
     from components.runtime import log_metrics
     from genrec.config import GenrecConfig
-    from genrec.data.ingest import ingest
-    from genrec.data.schema import CATALOGUE, INTERACTIONS
+    from genrec.data.ingest import ingest_to_artefacts
     from genrec.data.validation import DataValidationError
-    from genrec.io import write_parquet
 
     cfg = GenrecConfig.from_dict(config)
     try:
-        dataset = ingest(cfg, data_docs_dir=data_docs.path)
+        outcome = ingest_to_artefacts(cfg, interactions.path, catalogue.path, data_docs_dir=data_docs.path)
     except DataValidationError as exc:
         print(f"DATA VALIDATION FAILED\n{exc}", file=sys.stderr, flush=True)
         raise
-    write_parquet(dataset.interactions, interactions.path, INTERACTIONS.arrow)
-    write_parquet(dataset.catalogue, catalogue.path, CATALOGUE.arrow)
-    data_docs.metadata["index"] = dataset.validation.data_docs_index or ""
+    data_docs.metadata["index"] = outcome.validation.data_docs_index or ""
     for artefact in (interactions, catalogue):
         artefact.metadata.update({
-            "dataset": dataset.info.name,
-            "value_source": dataset.info.value_source,
-            "has_timestamps": dataset.info.has_timestamps,
-            "notes": "; ".join(dataset.info.notes),
+            "dataset": outcome.info.name,
+            "value_source": outcome.info.value_source,
+            "has_timestamps": outcome.info.has_timestamps,
+            "notes": "; ".join(outcome.info.notes),
         })
+    interactions.metadata.update({"buckets": outcome.partitioning.buckets, "engine": outcome.engine})
     log_metrics(metrics, {
-        "users": dataset.interactions["user_id"].nunique(),
-        "items": len(dataset.catalogue),
-        "interactions": len(dataset.interactions),
-        **{f"validation_{k}": v for k, v in dataset.validation.statistics.items()
+        "users": outcome.users,
+        "items": outcome.items,
+        "interactions": outcome.interactions,
+        **{f"validation_{k}": v for k, v in outcome.validation.statistics.items()
            if isinstance(v, (int, float))},
     })
 
@@ -59,21 +58,21 @@ def split_interactions(
     report: Output[HTML],
     metrics: Output[Metrics],
 ):
-    """Leave-one-out split plus a data set report with plots."""
+    """Leave-one-out split (bucket by bucket on Ray, or in memory) plus a data set report with
+    plots."""
     import json
 
     from components.runtime import log_metrics
     from genrec.config import GenrecConfig
     from genrec.data.schema import DatasetInfo
-    from genrec.data.split import leave_one_out
+    from genrec.data.split_step import split_to_artefact
     from genrec.data.stats import dataset_stats, stats_report
-    from genrec.io import read_parquet, write_parquet
+    from genrec.io import read_parquet
 
-    GenrecConfig.from_dict(config)  # fail early on a bad config
-    frame = leave_one_out(read_parquet(interactions.path))
+    cfg = GenrecConfig.from_dict(config)
+    outcome = split_to_artefact(cfg, interactions.path, splits.path)
     items = read_parquet(catalogue.path)
-    write_parquet(frame, splits.path)
-    stats = dataset_stats(frame, items)
+    stats = dataset_stats(outcome.profile, items)
     info = DatasetInfo(
         name=interactions.metadata.get("dataset", "dataset"),
         source=interactions.uri,
@@ -81,7 +80,7 @@ def split_interactions(
         value_source=interactions.metadata.get("value_source", "unknown"),
         notes=[n for n in interactions.metadata.get("notes", "").split("; ") if n],
     )
-    stats_report(frame, items, info, stats).save(report.path)
+    stats_report(outcome.profile, items, info, stats).save(report.path)
     splits.metadata.update({"stats": json.dumps(stats), "dataset": info.name,
-                            "value_source": info.value_source})
+                            "value_source": info.value_source, "buckets": outcome.partitioning.buckets})
     log_metrics(metrics, stats)

@@ -131,7 +131,7 @@ def data_stats(
 ) -> None:
     """Print figures that describe a data set (after ingest and validation)."""
     from genrec.data.ingest import ingest
-    from genrec.data.stats import dataset_stats
+    from genrec.data.stats import DatasetProfile, dataset_stats
 
     cfg = _config(config_path, overrides, dataset)
     with console.status(f"loading {cfg.data.dataset}"):
@@ -139,7 +139,7 @@ def data_stats(
     table = Table(title=f"{result.info.name} (value: {result.info.value_source})")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    for key, value in dataset_stats(result.interactions, result.catalogue).items():
+    for key, value in dataset_stats(DatasetProfile.of(result.interactions), result.catalogue).items():
         table.add_row(key, _number(value))
     console.print(table)
     for note in result.info.notes:

@@ -28,6 +28,13 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
+# Ray refuses a smaller object store (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES is 75 MiB).
+MIN_OBJECT_STORE_MB = 80
+# What 0 stands for in the ray section's counts.
+RAY_ZERO_MEANS = {"num_cpus": "every CPU", "task_memory_mb": "no reservation",
+                  "max_concurrency": "one task per CPU", "task_retries": "no retry"}
+
+
 # A Prometheus range such as 30s, 1m or 1h30m.
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 
@@ -56,6 +63,17 @@ class DataConfig:
     order_only_epoch: str = "2000-01-01T00:00:00Z"
     # How many offending rows a validation failure quotes.
     max_bad_examples: int = 5
+    # Where the data steps (ingest + validate, split, co-occurrence, snapshots, materialisation) run:
+    # "ray" runs them as Ray Data tasks over user-hash buckets, on the cluster of the `ray` section
+    # (an embedded local Ray unless it names one), holding one bucket per task in memory; "pandas"
+    # holds the whole log in one frame in this process, which is quicker for a log that fits in
+    # memory. Both write the same artefacts.
+    engine: Literal["ray", "pandas"] = "ray"
+    # Rows per user-hash bucket of the artefacts between data steps (the unit of work on Ray, and
+    # of a task's memory): a log of N rows is cut into ceil(N / bucket_rows) buckets.
+    bucket_rows: int = 1_000_000
+    # Rows read from a parquet source per task while it is cut into buckets.
+    read_rows_per_task: int = 2_000_000
 
 
 @dataclass
@@ -384,6 +402,41 @@ class VistaConfig:
 
 
 @dataclass
+class RayConfig:
+    """The Ray cluster behind `data.engine: ray`. Empty `address` and an unset `address_env`: an
+    embedded local Ray in the step's own process tree, bounded by `num_cpus` and `object_store_mb`,
+    started and stopped by the step. In a cluster: a KubeRay RayCluster's address, given here or
+    (from a Secret) in the environment variable `address_env`."""
+
+    # ray://HOST:10001 (Ray Client), HOST:6379 (the head's GCS) or "auto" (the Ray of this node).
+    address: str = ""
+    address_env: str = "GENREC_RAY_ADDRESS"
+    # The embedded Ray: CPUs its tasks may use (0 = every CPU of the machine) and the size of its
+    # object store. Tests and laptops keep both small; Ray otherwise takes the whole machine.
+    num_cpus: int = 2
+    object_store_mb: int = 1024
+    # Memory the scheduler reserves per bucket task (MiB; 0 = none): on a cluster, keeps a node from
+    # taking more tasks than its memory holds.
+    task_memory_mb: int = 0
+    # Bucket tasks at once (0 = one per CPU the cluster offers).
+    max_concurrency: int = 0
+    # A task lost with its worker (a pod preempted, an OOM kill) is retried this often.
+    task_retries: int = 2
+    # How long to wait for the cluster (or the embedded Ray) to come up, seconds.
+    connect_timeout_seconds: float = 120.0
+    # A folder every Ray worker and the step's pod see at the same path (a ReadWriteMany volume, or
+    # a bucket mounted by FUSE). Required with a remote cluster: bucket tasks write their parquet
+    # parts there, and the step's artefact points at them. Empty: the artefact's own folder (which
+    # an embedded Ray shares).
+    shared_dir: str = ""
+    # The PersistentVolumeClaim behind `shared_dir` in a cluster: the compiled pipeline mounts it at
+    # `shared_dir` in every data step (the RayCluster manifest mounts it in its pods).
+    shared_volume_claim: str = ""
+    # Ray's session and spill folder for the embedded Ray (empty: Ray's default, /tmp/ray).
+    temp_dir: str = ""
+
+
+@dataclass
 class FeatureStoreConfig:
     """The Feast feature repo a run produces: file offline store, sqlite or Redis online store."""
 
@@ -651,6 +704,7 @@ class GenrecConfig:
     sid: SidConfig = field(default_factory=SidConfig)
     vista: VistaConfig = field(default_factory=VistaConfig)
     features: FeatureStoreConfig = field(default_factory=FeatureStoreConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rspo: RspoConfig = field(default_factory=RspoConfig)
@@ -723,6 +777,7 @@ class GenrecConfig:
             )
         if self.data.max_bad_examples < 1:
             raise ConfigError("data.max_bad_examples must be at least 1")
+        self._check_ray()
         for name in ("advertiser_log_sigma", "item_log_sigma"):
             if getattr(self.bids, name) < 0:
                 raise ConfigError(f"bids.{name} must be non-negative")
@@ -733,6 +788,26 @@ class GenrecConfig:
         self._check_model_train()
         self._check_rspo()
         self._check_pipeline_deploy()
+
+    def _check_ray(self) -> None:
+        data, ray = self.data, self.ray
+        for name in ("bucket_rows", "read_rows_per_task"):
+            if getattr(data, name) < 1:
+                raise ConfigError(f"data.{name} must be at least 1")
+        for name in ("num_cpus", "task_memory_mb", "max_concurrency", "task_retries"):
+            if getattr(ray, name) < 0:
+                raise ConfigError(f"ray.{name} must be non-negative (0 = {RAY_ZERO_MEANS[name]})")
+        if ray.object_store_mb < MIN_OBJECT_STORE_MB:
+            raise ConfigError(f"ray.object_store_mb must be at least {MIN_OBJECT_STORE_MB} (Ray's minimum "
+                              "object store)")
+        if ray.connect_timeout_seconds <= 0:
+            raise ConfigError("ray.connect_timeout_seconds must be positive")
+        if ray.shared_volume_claim and not ray.shared_dir:
+            raise ConfigError("ray.shared_volume_claim is mounted at ray.shared_dir: set ray.shared_dir "
+                              "too (e.g. /mnt/genrec-shared)")
+        if ray.shared_dir and not ray.shared_dir.startswith("/"):
+            raise ConfigError(f"ray.shared_dir={ray.shared_dir!r} must be an absolute path, the same in "
+                              "every pod")
 
     def _check_synth(self) -> None:
         synth = self.synth

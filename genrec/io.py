@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from genrec.data.partitioned import is_partitioned, read_all
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -48,7 +50,9 @@ def write_parquet(frame: pd.DataFrame, path: str | Path, schema: pa.Schema | Non
 
 
 def read_parquet(path: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    """A parquet file, or a whole partitioned artefact (its buckets in order) for a step whose input
+    fits in memory."""
+    return read_all(path) if is_partitioned(path) else pd.read_parquet(path)
 
 
 def write_json(data: Any, path: str | Path) -> None:

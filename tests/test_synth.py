@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from genrec.cli import app
 from genrec.config import SynthConfig
-from genrec.data.synth import CATALOGUE_FILE, INTERACTIONS_DIR, SynthError, generate, user_buckets
+from genrec.data.partitioned import user_buckets
+from genrec.data.synth import CATALOGUE_FILE, INTERACTIONS_DIR, SynthError, generate
 
 EVENTS = 120_000
 # Small buckets and chunks, so that a small log still spans several files and chunks; ultra-long

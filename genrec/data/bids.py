@@ -44,6 +44,36 @@ def simulate_item_bids(catalogue: pd.DataFrame, config: BidConfig) -> pd.Series:
     return pd.Series(np.round(bids, 6), index=catalogue.index, name="value")
 
 
+def has_observed_values(interactions: pd.DataFrame) -> bool:
+    return "value" in interactions.columns and bool(interactions["value"].notna().any())
+
+
+def value_catalogue(catalogue: pd.DataFrame, observed: bool, item_medians: pd.Series | None,
+                    config: BidConfig) -> tuple[pd.DataFrame, pd.Series | None, str]:
+    """The catalogue with its `value` filled, the bid of each item for interactions to take (None
+    when their values are observed) and the value source name.
+
+    Observed values: the catalogue keeps its own values, else takes each item's median observed value
+    (`item_medians`, by item_id). Otherwise every item gets a simulated bid.
+    """
+    catalogue = catalogue.copy()
+    if "value" not in catalogue.columns:
+        catalogue["value"] = np.nan
+    if observed:
+        if catalogue["value"].isna().all():
+            medians = item_medians if item_medians is not None else pd.Series(dtype=float)
+            catalogue["value"] = catalogue["item_id"].map(medians).fillna(0.0)
+        return catalogue, None, "observed"
+    catalogue["value"] = simulate_item_bids(catalogue, config)
+    # Duplicate catalogue ids are reported by validation; here the first one wins.
+    return catalogue, catalogue.drop_duplicates("item_id").set_index("item_id")["value"], "simulated"
+
+
+def catalogue_needs_medians(catalogue: pd.DataFrame) -> bool:
+    """Whether observed interaction values would have to fill the catalogue's values."""
+    return "value" not in catalogue.columns or bool(catalogue["value"].isna().all())
+
+
 def attach_values(
     interactions: pd.DataFrame, catalogue: pd.DataFrame, config: BidConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -54,15 +84,9 @@ def attach_values(
     of its item.
     """
     interactions = interactions.copy()
-    catalogue = catalogue.copy()
-    observed = "value" in interactions.columns and interactions["value"].notna().any()
-    if observed:
-        median = interactions.groupby("item_id")["value"].median()
-        if "value" not in catalogue.columns or catalogue["value"].isna().all():
-            catalogue["value"] = catalogue["item_id"].map(median).fillna(0.0)
-        return interactions, catalogue, "observed"
-    catalogue["value"] = simulate_item_bids(catalogue, config)
-    # Duplicate catalogue ids are reported by validation; here the first one wins.
-    bid_of_item = catalogue.drop_duplicates("item_id").set_index("item_id")["value"]
-    interactions["value"] = interactions["item_id"].map(bid_of_item)
-    return interactions, catalogue, "simulated"
+    observed = has_observed_values(interactions)
+    medians = interactions.groupby("item_id")["value"].median() if observed else None
+    catalogue, bid_of_item, source = value_catalogue(catalogue, observed, medians, config)
+    if bid_of_item is not None:
+        interactions["value"] = interactions["item_id"].map(bid_of_item)
+    return interactions, catalogue, source

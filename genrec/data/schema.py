@@ -43,7 +43,8 @@ class TableSchema:
         """Returns `frame` with exactly this schema's columns, in order, with the contract dtypes.
 
         Raises ContractError naming the first missing column or a value that cannot be cast.
-        Nulls in non-nullable columns are left for validation to report with examples.
+        Nulls in non-nullable columns are left for validation to report with examples. The index is
+        kept: it numbers the rows as the source did.
         """
         missing = [c.name for c in self.columns if c.name not in frame.columns]
         if missing:
@@ -55,7 +56,7 @@ class TableSchema:
         out = pd.DataFrame(index=frame.index)
         for column in self.columns:
             out[column.name] = _cast(frame[column.name], column, self.name)
-        return out.reset_index(drop=True)
+        return out
 
 
 def _cast(series: pd.Series, column: Column, table: str) -> pd.Series:
@@ -148,3 +149,6 @@ class RawDataset:
     interactions: pd.DataFrame
     catalogue: pd.DataFrame
     info: DatasetInfo
+
+# The splits artefact: the interactions plus their split.
+SPLITS_ARROW = INTERACTIONS.arrow.append(pa.field(SPLIT_COLUMN, pa.string(), nullable=False))

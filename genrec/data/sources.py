@@ -23,6 +23,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -252,44 +253,101 @@ def _read_partitions(folder: Path) -> pd.DataFrame:
     return pd.concat([_read_table(part) for part in parts], ignore_index=True)
 
 
+GENERIC_COLUMNS = ("user_id", "item_id", "timestamp", "value")
+
+
+def require_log_columns(columns: list[str], path: Path) -> list[str]:
+    """The generic columns a log has (user_id, item_id and timestamp are required)."""
+    for column in ("user_id", "item_id", "timestamp"):
+        if column not in columns:
+            raise ContractError(
+                f"interactions: column {column!r} is missing from {path} (columns present: "
+                f"{', '.join(map(str, columns))}); rename your columns to user_id, item_id, "
+                "timestamp and optionally value"
+            )
+    return [c for c in GENERIC_COLUMNS if c in columns]
+
+
+def read_catalogue(path: str | Path) -> pd.DataFrame:
+    """A generic log's catalogue file, with the optional text columns added where absent."""
+    catalogue = _read_table(Path(path).expanduser())
+    if "item_id" not in catalogue.columns:
+        raise ContractError(f"catalogue: column 'item_id' is missing from {path}")
+    for column in ("title", "description", "brand"):
+        if column not in catalogue.columns:
+            catalogue[column] = None
+    if "categories" not in catalogue.columns:
+        catalogue["categories"] = [[] for _ in range(len(catalogue))]
+    return catalogue.reset_index(drop=True)
+
+
+def catalogue_of_items(item_ids: object) -> pd.DataFrame:
+    """The catalogue of a log that came without one: its item ids (as strings), in order of first
+    appearance, with no text."""
+    ids = pd.unique(pd.Series(item_ids).dropna().astype(str))
+    return pd.DataFrame({"item_id": ids, "title": None, "description": None, "brand": None,
+                         "categories": [[] for _ in range(len(ids))]})
+
+
+def generic_info(path: Path, has_value: bool, has_catalogue: bool) -> DatasetInfo:
+    return DatasetInfo(
+        name=path.stem,
+        source=str(path),
+        has_timestamps=True,
+        value_source="observed" if has_value else "simulated",
+        notes=[] if has_catalogue else ["no catalogue given: items are taken from the log"],
+    )
+
+
+def sort_by_user_time(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Each user's rows in time order (ties in source order): `data.sort_by_timestamp`."""
+    interactions = interactions.copy()
+    interactions["timestamp"] = to_utc_timestamps(interactions["timestamp"])
+    return interactions.sort_values(["user_id", "timestamp"], kind="stable")
+
+
 def load_generic(path: Path, config: DataConfig, catalogue_path: str | Path | None = None) -> RawDataset:
     """A user's own log: `user_id, item_id, timestamp` and optionally `value`, in time order per user.
     `path` is one file, or a folder of parquet files (the partitioned generic format)."""
     log = _read_partitions(path) if path.is_dir() else _read_table(path)
     catalogue_path = catalogue_path or config.catalogue_path
-    for column in ("user_id", "item_id", "timestamp"):
-        if column not in log.columns:
-            raise ContractError(
-                f"interactions: column {column!r} is missing from {path} (columns present: "
-                f"{', '.join(map(str, log.columns))}); rename your columns to user_id, item_id, "
-                "timestamp and optionally value"
-            )
-    interactions = log[[c for c in ("user_id", "item_id", "timestamp", "value") if c in log.columns]].copy()
+    interactions = log[require_log_columns(list(log.columns), path)].copy()
     if config.sort_by_timestamp:
-        interactions["timestamp"] = to_utc_timestamps(interactions["timestamp"])
-        interactions = interactions.sort_values(["user_id", "timestamp"], kind="stable")
-    if catalogue_path:
-        catalogue = _read_table(Path(catalogue_path).expanduser())
-        if "item_id" not in catalogue.columns:
-            raise ContractError(f"catalogue: column 'item_id' is missing from {catalogue_path}")
-        for column in ("title", "description", "brand"):
-            if column not in catalogue.columns:
-                catalogue[column] = None
-        if "categories" not in catalogue.columns:
-            catalogue["categories"] = [[] for _ in range(len(catalogue))]
-    else:
-        ids = pd.unique(log["item_id"].dropna().astype(str))
-        catalogue = pd.DataFrame({"item_id": ids, "title": None, "description": None, "brand": None,
-                                  "categories": [[] for _ in range(len(ids))]})
-    has_value = "value" in interactions.columns
-    info = DatasetInfo(
-        name=path.stem,
-        source=str(path),
-        has_timestamps=True,
-        value_source="observed" if has_value else "simulated",
-        notes=[] if catalogue_path else ["no catalogue given: items are taken from the log"],
-    )
-    return RawDataset(interactions.reset_index(drop=True), catalogue.reset_index(drop=True), info)
+        interactions = sort_by_user_time(interactions)
+    catalogue = read_catalogue(catalogue_path) if catalogue_path else catalogue_of_items(log["item_id"])
+    info = generic_info(path, "value" in interactions.columns, bool(catalogue_path))
+    # The index stays the row's position in the source (also after sorting): reports quote it.
+    return RawDataset(interactions, catalogue, info)
+
+
+@dataclass(frozen=True)
+class ParquetLog:
+    """A generic log in parquet, which the Ray engine reads file by file instead of loading it."""
+
+    path: Path
+    files: list[Path]
+    catalogue_path: Path | None
+
+
+def parquet_log(config: DataConfig) -> ParquetLog | None:
+    """The parquet files of the configured source when it is a generic parquet log (one file or the
+    partitioned format), in source order; None for every other format (loaded whole, being small)."""
+    kind, _ = resolve_source(config)
+    if kind not in ("generic", "partitioned"):
+        return None
+    path = _source_path(config)
+    catalogue = Path(config.catalogue_path).expanduser() if config.catalogue_path else None
+    if kind == "partitioned":
+        folder = path / PARTITIONED_INTERACTIONS
+        files = sorted(folder.glob("*.parquet"))
+        if not files:
+            raise SourceError(f"{folder} holds no parquet file")
+        bundled = path / PARTITIONED_CATALOGUE
+        return ParquetLog(folder, files, bundled if bundled.is_file() else catalogue)
+    if path.is_dir():
+        tables = sorted([*path.glob("*.parquet"), *path.glob("*.csv")])
+        path = tables[0]
+    return ParquetLog(path, [path], catalogue) if path.suffix.lower() == ".parquet" else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,11 +361,8 @@ PARTITIONED_INTERACTIONS = "interactions"
 PARTITIONED_CATALOGUE = "catalogue.parquet"
 
 
-def resolve_source(config: DataConfig) -> tuple[str, Callable[[], RawDataset]]:
-    """Maps `data.dataset` (a name or a path) to a format name and a loader."""
+def _source_path(config: DataConfig) -> Path:
     name = config.dataset
-    if name in ("movielens-100k", "ml-100k"):
-        return "recbole-atomic", lambda: load_movielens_100k(config)
     if name in SHARED_SETS:
         path = Path(config.shared_data_dir).expanduser() / SHARED_SETS[name]
         if not path.is_dir():
@@ -315,13 +370,21 @@ def resolve_source(config: DataConfig) -> tuple[str, Callable[[], RawDataset]]:
                 f"data set {name!r} lives in {path}, which does not exist; set data.shared_data_dir "
                 "to the folder that holds the shared data sets"
             )
-    else:
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise SourceError(
-                f"data.dataset={name!r} is neither a known data set (movielens-100k, amazon-beauty, "
-                "amazon-scientific) nor an existing path"
-            )
+        return path
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise SourceError(
+            f"data.dataset={name!r} is neither a known data set (movielens-100k, amazon-beauty, "
+            "amazon-scientific) nor an existing path"
+        )
+    return path
+
+
+def resolve_source(config: DataConfig) -> tuple[str, Callable[[], RawDataset]]:
+    """Maps `data.dataset` (a name or a path) to a format name and a loader."""
+    if config.dataset in ("movielens-100k", "ml-100k"):
+        return "recbole-atomic", lambda: load_movielens_100k(config)
+    path = _source_path(config)
     if path.is_file():
         return "generic", lambda: load_generic(path, config)
     if (path / PARTITIONED_INTERACTIONS).is_dir():

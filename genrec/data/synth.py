@@ -11,7 +11,7 @@ Shaped like ad traffic rather than uniform noise (every knob is in `SynthConfig`
   with `ultra_events` each;
 - events come in sessions: short gaps inside one, long gaps between them.
 
-Layout (the partitioned generic format, which `genrec.data.partitioned` reads):
+Layout (the partitioned generic format; users are bucketed as in `genrec.data.partitioned`):
 
     DIR/interactions/part-00000.parquet ...   user_id, item_id, timestamp (UTC), value; one file per
                                               bucket of users (by a stable hash of user_id); each
@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genrec.config import SynthConfig
+from genrec.data.partitioned import user_buckets
 from genrec.io import atomic_path
 
 INTERACTIONS_DIR = "interactions"
@@ -148,12 +149,6 @@ def build_catalogue(sizes: SynthSizes, config: SynthConfig, rng: np.random.Gener
                           "categories": [[f"category{c}"] for c in category], "value": value})
     return Catalogue(frame, category, value, np.cumsum(popularity), sorted_category + within, order,
                      category_mass / category_mass.sum())
-
-
-def user_buckets(user_ids: np.ndarray, buckets: int) -> np.ndarray:
-    """A stable bucket per user id (the same for a user id in every run and process)."""
-    hashed = pd.util.hash_array(np.asarray(user_ids, dtype=object), categorize=False)
-    return (hashed % np.uint64(buckets)).astype(np.int64)
 
 
 @dataclass

@@ -17,12 +17,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from genrec.data.schema import CATALOGUE, INTERACTIONS, ContractError, TableSchema
+
+if TYPE_CHECKING:
+    from genrec.data.validation_scale import Rule, SuiteTally
 
 INTERACTIONS_SUITE = "genrec_interactions"
 CATALOGUE_SUITE = "genrec_catalogue"
@@ -123,8 +126,10 @@ class _Table:
     name: str
     suite: str
     original: pd.DataFrame
-    frame: pd.DataFrame  # copy with helper columns and a RangeIndex, what GX validates
+    frame: pd.DataFrame  # copy with helper columns, indexed by row number: what GX validates
     checks: list[_Check] = field(default_factory=list)
+    # The outcomes over the whole log when it was validated bucket by bucket (`frame` is a sample).
+    tally: SuiteTally | None = None
 
 
 def validate_dataset(
@@ -143,20 +148,56 @@ def validate_dataset(
     started = time.perf_counter()
     _require_columns(interactions, INTERACTIONS)
     _require_columns(catalogue, CATALOGUE)
-    max_bad_examples = max(1, int(max_bad_examples))
-    gx, gxe = _import_gx()
-
+    _, gxe = _import_gx()
     tables = [
         _interactions_table(gxe, interactions, catalogue, min_interactions_per_user),
         _catalogue_table(gxe, catalogue),
     ]
+    return _run_suites(tables, max(1, int(max_bad_examples)), data_docs_dir, started)
+
+
+def interactions_rules(min_interactions_per_user: int) -> list[Rule]:
+    """The interactions suite's rules as plain values, for bucket tasks (validation_scale)."""
+    from genrec.data.validation_scale import rule_of
+
+    _, gxe = _import_gx()
+    return [rule_of(check.expectation, check.extras)
+            for check in interactions_checks(gxe, min_interactions_per_user, 0)]
+
+
+def validate_tallied(
+    tally: SuiteTally,
+    sample: pd.DataFrame,
+    catalogue: pd.DataFrame,
+    *,
+    min_interactions_per_user: int,
+    max_bad_examples: int,
+    data_docs_dir: str | Path | None = None,
+) -> ValidationReport:
+    """The report of a log validated bucket by bucket: the interactions suite's outcomes are the
+    summed bucket tallies; GX runs it on `sample` (a few rows of the log) only to lay out the
+    results that Data Docs show, which then carry the tallies. The catalogue suite runs as usual."""
+    started = time.perf_counter()
+    _require_columns(sample, INTERACTIONS)
+    _require_columns(catalogue, CATALOGUE)
+    _, gxe = _import_gx()
+    table = _interactions_table(gxe, sample, catalogue, min_interactions_per_user)
+    table.checks = interactions_checks(gxe, min_interactions_per_user, tally.short_users)
+    table.tally = tally
+    tables = [table, _catalogue_table(gxe, catalogue)]
+    return _run_suites(tables, max(1, int(max_bad_examples)), data_docs_dir, started)
+
+
+def _run_suites(tables: list[_Table], max_bad_examples: int, data_docs_dir: str | Path | None,
+                started: float) -> ValidationReport:
+    gx, _ = _import_gx()
     docs_dir = Path(data_docs_dir).expanduser().resolve() if data_docs_dir is not None else None
     context = _context(gx, docs_dir)
     source = context.data_sources.add_pandas("genrec")
     # SUMMARY keeps at most max_bad_examples unexpected rows per expectation. Without
-    # unexpected_index_column_names GX reports them by the frame's index (a RangeIndex here, so
-    # positions in the original frame); naming an index column makes GX build a dict per unexpected
-    # row in Python, which takes tens of seconds when most of 200k rows fail.
+    # unexpected_index_column_names GX reports them by the frame's index (row numbers here);
+    # naming an index column makes GX build a dict per unexpected row in Python, which takes tens
+    # of seconds when most of 200k rows fail.
     result_format = {
         "result_format": "SUMMARY",
         "partial_unexpected_count": max_bad_examples,
@@ -174,19 +215,22 @@ def validate_dataset(
             gx.ValidationDefinition(name=f"{table.suite}_validation", data=batch, suite=suite)
         )
         result = definition.run(batch_parameters={"dataframe": table.frame}, result_format=result_format)
+        # GX returns results grouped by column; report them in the suite's order instead.
+        outcomes = {outcome.expectation_config.id: outcome for outcome in result.results}
+        if table.tally is not None:
+            failures += _carry_tally(context, result, table, by_id, outcomes)
+            rows = table.tally.rows
+        else:
+            failures += [_failure(table, check, outcomes[expectation_id], max_bad_examples)
+                         for expectation_id, check in by_id.items() if not outcomes[expectation_id].success]
+            rows = len(table.original)
         stats = result.statistics
         per_table[table.name] = {
-            "rows": len(table.original),
+            "rows": rows,
             "evaluated_expectations": int(stats["evaluated_expectations"]),
             "successful_expectations": int(stats["successful_expectations"]),
             "unsuccessful_expectations": int(stats["unsuccessful_expectations"]),
         }
-        # GX returns results grouped by column; report them in the suite's order instead.
-        outcomes = {outcome.expectation_config.id: outcome for outcome in result.results}
-        for expectation_id, check in by_id.items():
-            outcome = outcomes[expectation_id]
-            if not outcome.success:
-                failures.append(_failure(table, check, outcome, max_bad_examples))
 
     index = None
     if docs_dir is not None:
@@ -202,6 +246,38 @@ def validate_dataset(
         "seconds": round(time.perf_counter() - started, 3),
     }
     return ValidationReport(not failures, failures, statistics, index)
+
+
+def _carry_tally(context: Any, result: Any, table: _Table, by_id: dict[str, _Check],
+                 outcomes: dict[str, Any]) -> list[Failure]:
+    """Puts the whole log's tallies into GX's result (in place of the sample's outcomes), stores it
+    again for Data Docs, and returns the failures."""
+    tally = table.tally
+    assert tally is not None
+    failures = []
+    for (expectation_id, check), rule, counts in zip(by_id.items(), tally.rules, tally.tallies, strict=True):
+        outcome = outcomes[expectation_id]
+        outcome.result = counts.gx_result(rule)
+        outcome.success = counts.success(rule)
+        outcome.exception_info = {"raised_exception": False, "exception_message": None,
+                                  "exception_traceback": None}
+        if not outcome.success:
+            failures.append(failure_of(table.name, check, outcome.expectation_config.type, outcome.result,
+                                       counts.examples))
+    evaluated = len(result.results)
+    successful = sum(1 for outcome in result.results if outcome.success)
+    result.success = successful == evaluated
+    result.statistics.update({
+        "evaluated_expectations": evaluated,
+        "successful_expectations": successful,
+        "unsuccessful_expectations": evaluated - successful,
+        "success_percent": 100.0 * successful / evaluated if evaluated else None,
+    })
+    store = context.validation_results_store
+    for key in store.list_keys():
+        if key.expectation_suite_identifier.name == table.suite:
+            store.set(key, result)
+    return failures
 
 
 def require_valid(
@@ -228,20 +304,23 @@ def require_valid(
 # --- the two suites -------------------------------------------------------------------------------
 
 
-def _interactions_table(
-    gxe: Any, interactions: pd.DataFrame, catalogue: pd.DataFrame, min_per_user: int
-) -> _Table:
-    frame = interactions.reset_index(drop=True)
+def catalogue_item_ids(catalogue: pd.DataFrame) -> pd.Index:
+    """The ids an interaction's item_id must be among."""
+    return pd.Index(catalogue["item_id"].dropna().unique())
+
+
+def interactions_helpers(frame: pd.DataFrame, catalogue_items: pd.Index) -> pd.DataFrame:
+    """The helper columns the row-spanning rules are expected on, for rows in the artefact's order
+    (time order within each user). Every rule looks only within one user, so a bucket of users gets
+    the same helpers as the whole log."""
     users = frame["user_id"]
     timestamps = frame["timestamp"]
     values = frame["value"]
     # Previous timestamp of the same user in row order; NaT for a user's first row and null users.
     previous = timestamps.groupby(users, sort=False).shift()
-    per_user = users.value_counts()
-    counts = users.map(per_user)  # NaN where user_id is null
-    short_users = int((per_user < min_per_user).sum())
-    known = frame["item_id"].isin(pd.Index(catalogue["item_id"].dropna().unique()))
-    helpers = pd.DataFrame(
+    counts = users.map(users.value_counts())  # NaN where user_id is null
+    known = frame["item_id"].isin(catalogue_items)
+    return pd.DataFrame(
         {
             # A NaT on either side is reported by the not-null check, not as out of order.
             "timestamp_in_order": ~(timestamps < previous).to_numpy(),
@@ -252,10 +331,33 @@ def _interactions_table(
         },
         index=frame.index,
     )
-    # copy() consolidates the blocks once; GX otherwise re-consolidates on every domain copy.
+
+
+def short_user_count(interactions: pd.DataFrame, min_per_user: int) -> int:
+    per_user = interactions["user_id"].value_counts()
+    return int((per_user < min_per_user).sum())
+
+
+def _interactions_table(
+    gxe: Any, interactions: pd.DataFrame, catalogue: pd.DataFrame, min_per_user: int
+) -> _Table:
+    # Row numbers in reports are the frame's index labels: positions for a RangeIndex, the source
+    # rows for what ingest passes (whose rows may have been sorted).
+    frame = interactions if interactions.index.is_unique else interactions.reset_index(drop=True)
+    helpers = interactions_helpers(frame, catalogue_item_ids(catalogue))
+    # copy() consolidates the blocks once; GX otherwise re-consolidates on every domain copy. GX sees
+    # the rows in row-number order, so its first offending rows are the first of the source.
     validated = pd.concat([frame, helpers], axis=1).copy()
-    table = _Table("interactions", INTERACTIONS_SUITE, interactions, validated)
-    table.checks = [
+    if not validated.index.is_monotonic_increasing:
+        validated = validated.sort_index()
+    table = _Table("interactions", INTERACTIONS_SUITE, frame, validated)
+    table.checks = interactions_checks(gxe, min_per_user, short_user_count(frame, min_per_user))
+    return table
+
+
+def interactions_checks(gxe: Any, min_per_user: int, short_users: int) -> list[_Check]:
+    """The interactions suite: the rules, each a GX expectation (on a contract or a helper column)."""
+    return [
         _Check(
             "*",
             "The interactions table has at least one row.",
@@ -323,7 +425,6 @@ def _interactions_table(
             extras=("user_interaction_count",),
         ),
     ]
-    return table
 
 
 def _catalogue_table(gxe: Any, catalogue: pd.DataFrame) -> _Table:
@@ -423,55 +524,46 @@ def _context(gx: Any, docs_dir: Path | None) -> Any:
 
 
 def _failure(table: _Table, check: _Check, outcome: Any, max_bad_examples: int) -> Failure:
-    expectation = outcome.expectation_config.type
     result = outcome.result or {}
     exception = outcome.exception_info or {}
     if exception.get("raised_exception"):
         return Failure(
             table.name,
             check.column,
-            expectation,
+            outcome.expectation_config.type,
             check.description,
             0,
             [],
             "Great Expectations raised while checking this: "
             f"{exception.get('exception_message')}; report it as a bug in genrec.data.validation",
         )
+    # The GX frame is indexed by row number, so GX's unexpected indices are the rows' numbers.
+    rows = [int(entry) for entry in (result.get("partial_unexpected_index_list") or [])]
+    return failure_of(table.name, check, outcome.expectation_config.type, result,
+                      _examples(table, rows[:max_bad_examples], check.extras))
+
+
+def failure_of(table: str, check: _Check, expectation: str, result: dict, examples: list[dict]) -> Failure:
+    """The Failure of a check from GX's result dict (SUMMARY format) and the offending rows."""
     if "unexpected_count" not in result:  # a table-level expectation such as the row count
-        return Failure(
-            table.name,
-            check.column,
-            expectation,
-            check.description,
-            0,
-            [],
-            check.fix,
-            observed=result.get("observed_value"),
-        )
-    index_list = result.get("partial_unexpected_index_list") or []
-    # The GX frame has a RangeIndex, so GX's unexpected indices are the rows' positions.
-    rows = [int(entry) for entry in index_list]
-    return Failure(
-        table.name,
-        check.column,
-        expectation,
-        check.description,
-        int(result.get("unexpected_count") or 0),
-        _examples(table, rows[:max_bad_examples], check.extras),
-        check.fix,
-    )
+        return Failure(table, check.column, expectation, check.description, 0, [], check.fix,
+                       observed=result.get("observed_value"))
+    return Failure(table, check.column, expectation, check.description,
+                   int(result.get("unexpected_count") or 0), examples, check.fix)
 
 
 def _examples(table: _Table, rows: list[int], extras: tuple[str, ...]) -> list[dict]:
-    examples = []
-    for row in rows:
-        example: dict[str, Any] = {ROW: row}
-        example.update({k: _plain(v) for k, v in table.original.iloc[row].items()})
-        for key in extras:
-            value = _plain(table.frame[key].iat[row])
-            example[key] = int(value) if isinstance(value, float) and value.is_integer() else value
-        examples.append(example)
-    return examples
+    return [example_row(table.original.loc[row], table.frame.loc[row], row, extras) for row in rows]
+
+
+def example_row(original: pd.Series, validated: pd.Series, row: int, extras: tuple[str, ...]) -> dict:
+    """An offending row as a report quotes it: its number, its contract columns, its helper values."""
+    example: dict[str, Any] = {ROW: row}
+    example.update({k: _plain(v) for k, v in original.items()})
+    for key in extras:
+        value = _plain(validated[key])
+        example[key] = int(value) if isinstance(value, float) and value.is_integer() else value
+    return example
 
 
 def _plain(value: Any) -> Any:
