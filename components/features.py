@@ -46,23 +46,24 @@ def materialize_summaries(
 ):
     """Snapshots every user's summary on the refresh schedule into a new self-contained Feast repo
     folder (offline parquet, registry, online store), and writes each user's newest snapshot as a
-    dataset. `item_sids` (a parquet `item_id, c0, c1, ...`) fills the item_sid view when given."""
+    partitioned dataset; bucket by bucket on Ray, or in memory (data.engine). `item_sids` (a parquet
+    `item_id, c0, c1, ...`) fills the item_sid view when given."""
     from components.runtime import log_metrics
     from genrec.config import GenrecConfig
-    from genrec.features.materialize import materialize_user_summaries
-    from genrec.io import read_parquet, write_parquet
-    from genrec.vista.snapshot import SNAPSHOT_SCHEMA
+    from genrec.features.materialize import materialize_from_splits
+    from genrec.io import read_parquet
 
     cfg = GenrecConfig.from_dict(config)
     codes = read_parquet(item_sids.path) if item_sids is not None else None
-    result = materialize_user_summaries(cfg, read_parquet(splits.path), summarizer.path, feature_repo.path,
-                                        codes)
-    write_parquet(result.latest, summaries.path, SNAPSHOT_SCHEMA)
+    outcome = materialize_from_splits(cfg, splits.path, summarizer.path, feature_repo.path, summaries.path,
+                                      codes)
     feature_repo.metadata.update({
         "kind": "feast-feature-repo",
         "online_store": cfg.features.online_store,
-        "schedule": result.schedule.describe(),
+        "offline_store": "ray" if cfg.data.engine == "ray" else "file",
+        "schedule": outcome.schedule.describe(),
         "usage": "feast -c <this folder> apply | materialize | ui",
     })
-    summaries.metadata.update({"content": "newest snapshot per user", "schedule": result.schedule.describe()})
-    log_metrics(metrics, result.metrics())
+    summaries.metadata.update({"content": "newest snapshot per user", "schedule": outcome.schedule.describe(),
+                               "buckets": outcome.latest.buckets})
+    log_metrics(metrics, outcome.metrics)

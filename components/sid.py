@@ -16,7 +16,8 @@ def build_codebook(
     report: Output[HTML],
     metrics: Output[Metrics],
 ):
-    """Builds the semantic-ID codebook from the catalogue and the TRAINING rows of `splits`.
+    """Builds the semantic-ID codebook from the catalogue and the TRAINING rows of `splits` (their
+    item co-occurrence, counted bucket by bucket on Ray or in memory per data.engine).
 
     Writes the SID table (item_id, c0..cL) as parquet, the codebook folder (trie, centroids,
     config, metrics), an HTML report with the code use per level, and the quality figures.
@@ -25,10 +26,17 @@ def build_codebook(
     from genrec.config import GenrecConfig
     from genrec.io import read_parquet, write_parquet
     from genrec.sid.codebook import build_codebook as build
+    from genrec.sid.codebook import codebook_order
+    from genrec.sid.cooccurrence import cooccurrence_of_splits
     from genrec.sid.report import codebook_report
 
     cfg = GenrecConfig.from_dict(config)
-    built = build(read_parquet(catalogue.path), read_parquet(splits.path), cfg.sid)
+    items = read_parquet(catalogue.path)
+    # The co-occurrence counts are the only part that reads the interactions: bucket by bucket.
+    counts = None
+    if cfg.sid.use_collaborative and cfg.sid.collaborative_weight > 0:
+        counts = cooccurrence_of_splits(cfg, splits.path, codebook_order(items)["item_id"].to_numpy())
+    built = build(items, None, cfg.sid, cooccurrence=counts)
     write_parquet(built.sid_table(), sid_table.path)
     built.save(codebook.path)
     dataset = splits.metadata.get("dataset", catalogue.metadata.get("dataset", "dataset"))

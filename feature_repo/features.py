@@ -23,7 +23,8 @@ item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING,
 
 user_summaries_source = FileSource(
     name="user_summaries_source",
-    path="data/user_summaries.parquet",
+    # A folder of parquet parts, one per bucket of users (a _partitioning.json beside them).
+    path="data/user_summaries",
     timestamp_field="event_timestamp",
     description="Every snapshot of every user's summary.",
 )

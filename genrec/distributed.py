@@ -5,10 +5,10 @@
 
 `RaySession.open` connects to `ray.address` (or the address in the environment variable
 `ray.address_env`, which a Kubernetes Secret fills), else starts an embedded Ray in this process
-tree with `ray.num_cpus` CPUs and an object store of `ray.object_store_mb`, bound to loopback, no
-dashboard, no usage reporting. An address where nothing answers fails within
-`ray.connect_timeout_seconds`, naming it. Leaving the block shuts down what it started (an embedded Ray's
-processes included) and leaves a Ray that was already running alone.
+tree with `ray.num_cpus` CPUs and an object store of `ray.object_store_mb`, token authentication on
+(Ray listens on every interface), no dashboard, no usage reporting. An address where nothing answers
+fails within `ray.connect_timeout_seconds`, naming it. Leaving the block shuts down what it started
+(an embedded Ray's processes included) and leaves a Ray that was already running alone.
 
 `session.map(fn, specs)` runs `fn(spec)` once per spec as Ray Data tasks, at most
 `ray.max_concurrency` at once, and returns the results in spec order. A spec and a result are small
@@ -23,8 +23,10 @@ import functools
 import logging
 import os
 import pickle
+import secrets
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -41,14 +43,15 @@ S = TypeVar("S")
 R = TypeVar("R")
 Progress = Callable[[int, int], None]
 
-# The embedded Ray listens on loopback only: nothing outside this machine may submit work to it.
-LOOPBACK = "127.0.0.1"
 NAMESPACE = "genrec"
 MIB = 1024 * 1024
 # Ray's own environment switches for an embedded run: no usage report leaves the machine, and
 # no progress bars of Ray Data's (the steps print their own progress lines).
 QUIET_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1",
                      "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+
+AUTH_MODE, AUTH_TOKEN = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"
 
 
 class RayUnavailable(RuntimeError):
@@ -70,16 +73,18 @@ class RaySession:
     @classmethod
     @contextmanager
     def open(cls, config: RayConfig) -> Iterator[RaySession]:
+        address = cluster_address(config)
+        if not address:
+            require_token_authentication()
         import ray
 
-        address = cluster_address(config)
         if ray.is_initialized():
             yield cls(config, address, owns_ray=False)
             return
         for name, value in QUIET_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
         logging.getLogger("ray").setLevel(logging.WARNING)
-        if address and not config.shared_dir:
+        if address and not config.shared_dir and not on_this_machine(address):
             raise RayUnavailable(
                 f"a Ray cluster at {address} cannot write into this step's own folders: set "
                 "ray.shared_dir to a folder that the cluster's pods and the pipeline's pods mount at "
@@ -121,9 +126,10 @@ class RaySession:
         return max(1, min(tasks, limit, cpus))
 
     def map(self, fn: Callable[[S], R], specs: Sequence[S], what: str,
-            progress: Progress | None = None) -> list[R]:
+            progress: Progress | None = None, concurrency: int | None = None) -> list[R]:
         """`[fn(spec) for spec in specs]`, as Ray Data tasks; results in spec order. Progress lines
-        name `what` unless `progress` is given."""
+        name `what` unless `progress` is given. `concurrency` caps the tasks at once below the
+        session's own cap (1 for a sink that takes one writer)."""
         import ray
 
         progress = progress or LineProgress(what)
@@ -133,7 +139,7 @@ class RaySession:
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": self.config.task_retries}
         if self.config.task_memory_mb:
             options["memory"] = self.config.task_memory_mb * MIB
-        pool = ray.data.TaskPoolStrategy(size=self.concurrency(len(rows)))
+        pool = ray.data.TaskPoolStrategy(size=min(self.concurrency(len(rows)), concurrency or len(rows)))
         task = functools.partial(_run_task, fn=fn)
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map(task, compute=pool, **options)
         results: list[Any] = [None] * len(rows)
@@ -165,6 +171,68 @@ def _run_task(row: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
     return {"index": row["index"], "outcome": payload}
 
 
+def require_token_authentication() -> None:
+    """Switches on Ray's token authentication for an embedded Ray (RAY_AUTH_MODE=token, a fresh
+    random RAY_AUTH_TOKEN), unless the environment already sets it up.
+
+    Ray binds its servers to every interface of the machine (it turns a loopback node address into
+    a reachable one), so without a token anyone who reaches this machine could run code in the
+    embedded Ray while it is up. The switch must come before Ray is first imported in this process:
+    Ray reads it once, at import. Processes started from this one (a local run's steps) inherit
+    both variables and so can join.
+    """
+    if os.environ.get(AUTH_MODE) == "token":
+        return
+    if "ray" in sys.modules:
+        raise RayUnavailable(
+            "Ray was imported in this process before genrec could switch on Ray's token authentication; "
+            f"set {AUTH_MODE}=token and {AUTH_TOKEN}=<a secret> in the environment before starting it")
+    os.environ[AUTH_MODE] = "token"
+    os.environ.setdefault(AUTH_TOKEN, secrets.token_hex(32))
+
+
+def on_this_machine(address: str) -> bool:
+    """Whether the Ray at `address` runs on this machine (a local run's shared Ray), and so sees its
+    folders: its host is one of this machine's own addresses."""
+    if address == "auto":
+        return True
+    host = address.removeprefix("ray://").rpartition(":")[0]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))  # only an address of this machine can be bound
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def shared_local_ray(config: RayConfig) -> Iterator[str]:
+    """One embedded Ray for every step of a local pipeline run: started here, its address handed to
+    the steps (subprocesses) through `ray.address_env`, stopped at the end. Starting Ray once
+    instead of once per step saves some ten seconds a step. Yields "" (and starts nothing) when the
+    run already names a cluster."""
+    if cluster_address(config):
+        yield ""
+        return
+    require_token_authentication()
+    import ray
+
+    with RaySession.open(config):
+        address = ray.get_runtime_context().gcs_address
+        # The steps read ray.address_env; Feast's Ray offline store (inside steps) reads RAY_ADDRESS.
+        names = (config.address_env, "RAY_ADDRESS")
+        previous = {name: os.environ.get(name) for name in names}
+        os.environ.update(dict.fromkeys(names, address))
+        try:
+            yield address
+        finally:
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
 def cluster_address(config: RayConfig) -> str:
     """The configured cluster, else the one named in the environment (a Secret); "" = embedded."""
     return config.address or os.environ.get(config.address_env, "").strip()
@@ -180,8 +248,7 @@ def _start(config: RayConfig, address: str) -> None:
         kwargs["address"] = address
     else:
         kwargs.update(num_cpus=config.num_cpus or os.cpu_count() or 1,
-                      object_store_memory=config.object_store_mb * MIB,
-                      _node_ip_address=LOOPBACK)
+                      object_store_memory=config.object_store_mb * MIB)
         if config.temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(os.path.expanduser(config.temp_dir))
     where = f"the Ray cluster at {address}" if address else "an embedded Ray"

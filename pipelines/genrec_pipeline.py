@@ -4,7 +4,7 @@
 config as a dict; every component rebuilds the typed `GenrecConfig` from it.
 """
 
-
+import contextlib
 import logging
 import re
 import sys
@@ -24,6 +24,7 @@ from components.rspo import finetune_rspo
 from components.sid import build_codebook
 from components.train import evaluate, train_generator
 from genrec.config import GenrecConfig
+from genrec.distributed import shared_local_ray
 
 
 def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
@@ -255,9 +256,11 @@ def run_local(config: GenrecConfig, root: str | Path | None = None) -> LocalRun:
     root_logger.addHandler(cache_hits)
     root_logger.setLevel(min(level, logging.INFO) or logging.INFO)
     start = time.perf_counter()
+    # The data steps of a local run share one embedded Ray (see shared_local_ray).
+    ray_for_steps = shared_local_ray(config.ray) if config.data.engine == "ray" else contextlib.nullcontext()
     try:
-        with warnings.catch_warnings():
-        # kfp.local warns that images and display names have no effect locally: expected here.
+        with ray_for_steps, warnings.catch_warnings():
+            # kfp.local warns that images and display names have no effect locally: expected here.
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)
             task = pipeline(config=config.to_dict())

@@ -116,9 +116,9 @@ def _print_token_items(repo: Any, user: str, summary: np.ndarray, n_items: int, 
     table.add_column("attends to (history)")
     table.add_column("recalls (catalogue)")
     attended: list[list[str]] = [[] for _ in range(len(summary))]
-    if repo.history_path is not None:
-        history = pd.read_parquet(repo.history_path)
-        items = time_ordered(history[history["user_id"].astype(str) == user])["item_id"].head(n_items)
+    history = repo.user_history(user)
+    if history is not None:
+        items = time_ordered(history)["item_id"].head(n_items)
         rows = torch.from_numpy(summarizer.vocab.encode(items))
         with torch.no_grad():
             weights = summarizer.model.token_attention(rows).numpy()  # [K, n]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,9 @@ def historical_summaries(repo: FeatureStore | FeatureRepo | str | Path,
     pair_of_row = keys.groupby([USER_ID, EVENT_TIMESTAMP], sort=False).ngroup().to_numpy()
     query = keys.drop_duplicates().reset_index(drop=True)
     query[_ROW] = np.arange(len(query))
-    with quiet_feast():
+    session = repo.feast_session() if isinstance(repo, FeatureRepo) else (
+        FeatureRepo.open(repo).feast_session() if isinstance(repo, (str, Path)) else contextlib.nullcontext())
+    with quiet_feast(), session:
         joined = _store(repo).get_historical_features(entity_df=query, features=USER_SUMMARY_FEATURES).to_df()
     # Feast's file store also drops entity rows that no feature row precedes: put them back, in order.
     return _with_summaries(entity_df, joined.set_index(_ROW).reindex(np.arange(len(query))).iloc[pair_of_row])

@@ -15,8 +15,10 @@ Feast is imported inside methods: it takes seconds to import, and `genrec --help
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -32,7 +34,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from genrec.config import FeatureStoreConfig
+from genrec.config import FeatureStoreConfig, RayConfig
+from genrec.data.partitioned import (
+    is_partitioned,
+    read_bucket,
+    read_partitioning,
+    user_buckets,
+    write_partitioned,
+)
 from genrec.features.schema import (
     ENTITY_KEYS,
     EVENT_TIMESTAMP,
@@ -44,7 +53,7 @@ from genrec.features.schema import (
     USER_SUMMARY_SCHEMA,
     USER_SUMMARY_VIEW,
 )
-from genrec.io import write_json, write_parquet
+from genrec.io import atomic_path, read_parquet, write_json, write_parquet
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -55,10 +64,28 @@ REDIS_STORE_YAML = "feature_store.redis.yaml"
 TEMPLATE_FILES = (DEFINITIONS_FILE, STORE_YAML, REDIS_STORE_YAML, "README.md", ".gitignore")
 MANIFEST = "genrec.json"
 MODEL_FILE = "model/summarizer.pt"
-HISTORY_FILE = "data/interactions.parquet"
+# The interactions the snapshots include: a partitioned folder, like the summaries.
+HISTORY_FILE = "data/interactions"
+HISTORY_COLUMNS = ["user_id", "item_id", "timestamp"]
+# Feast's own Ray offline store stages what it writes here (relative to the repo).
+RAY_STORAGE = "data/ray_storage"
 # The checkout's template sits beside the package; the Dockerfile copies it to this path in the image.
 CHECKOUT_TEMPLATE = Path(__file__).resolve().parents[2] / "feature_repo"
 IMAGE_TEMPLATE = Path("/opt/genrec-feature-repo")
+MIB = 1024 * 1024
+
+
+def ray_store_settings(ray: RayConfig, online_store: str) -> dict[str, Any]:
+    """feature_store.yaml settings for Feast's Ray offline store and Ray compute engine: the same
+    cluster as the data steps (its address when configured; else an embedded Ray bounded like
+    theirs), and online writes one at a time into sqlite (a single file), in parallel into Redis."""
+    where: dict[str, Any] = {"ray_address": ray.address} if ray.address else {"ray_conf": {
+        "num_cpus": ray.num_cpus or os.cpu_count(), "object_store_memory": ray.object_store_mb * MIB}}
+    return {
+        "offline_store": {"type": "ray", "storage_path": RAY_STORAGE, **where},
+        "batch_engine": {"type": "ray.engine", **where,
+                         "write_concurrency": 1 if online_store == "sqlite" else max(1, ray.num_cpus)},
+    }
 
 
 class FeatureRepoError(ValueError):
@@ -104,8 +131,11 @@ class FeatureRepo:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | Path, config: FeatureStoreConfig) -> FeatureRepo:
-        """A fresh repo folder at `path` (which must not exist or be empty), empty views included."""
+    def create(cls, path: str | Path, config: FeatureStoreConfig, engine: str = "pandas",
+               ray: RayConfig | None = None) -> FeatureRepo:
+        """A fresh repo folder at `path` (which must not exist or be empty), empty views included.
+        With `engine` "ray", Feast's Ray offline store and Ray compute engine serve historical
+        retrieval and `feast materialize`, bounded like the data steps' embedded Ray (`ray`)."""
         target = Path(path)
         if target.exists() and any(target.iterdir()):
             raise FeatureRepoError(f"{target} is not empty: a feature repo is created in a new folder")
@@ -114,12 +144,16 @@ class FeatureRepo:
         for name in TEMPLATE_FILES:
             if (source / name).is_file():
                 shutil.copy2(source / name, target / name)
-        settings = yaml.safe_load((source / STORE_YAML).read_text())
+        template = REDIS_STORE_YAML if config.online_store == "redis" else STORE_YAML
+        settings = yaml.safe_load((source / template).read_text())
         settings["project"] = config.project
         if config.online_store == "redis":
             settings["online_store"] = {"type": "redis", "connection_string": config.redis_connection_string}
             if config.redis_key_ttl_seconds:
                 settings["online_store"]["key_ttl_seconds"] = config.redis_key_ttl_seconds
+        if engine == "ray":
+            settings.update(ray_store_settings(ray or RayConfig(), config.online_store))
+        offline = "ray" if engine == "ray" else "file"
         header = ("# Written by genrec.features for this run from feature_repo/feature_store.yaml.\n"
                   "# All paths are relative to this folder.\n")
         (target / STORE_YAML).write_text(header + yaml.safe_dump(settings, sort_keys=False))
@@ -127,7 +161,8 @@ class FeatureRepo:
         repo.write_user_summaries(USER_SUMMARY_SCHEMA.empty_table().to_pandas())
         repo.write_item_sids(None, config.static_timestamp)
         repo.update_manifest(created_at=pd.Timestamp.now(tz="UTC").isoformat(),
-                             online_store=config.online_store)
+                             online_store=config.online_store, offline_store=offline,
+                             ray=dataclasses.asdict(ray or RayConfig()))
         return repo
 
     @classmethod
@@ -137,6 +172,23 @@ class FeatureRepo:
             raise FeatureRepoError(f"{folder} is not a feature repo: it has no {STORE_YAML} (pass the "
                                    "folder a pipeline run wrote, e.g. its feature_repo artefact)")
         return cls(folder)
+
+    @contextmanager
+    def feast_session(self) -> Iterator[None]:
+        """Around a Feast call that may run on Ray (apply, historical retrieval, materialise): a repo
+        on Feast's Ray offline store gets genrec's Ray session (the embedded Ray bounded as the
+        run's `ray` section says, or the run's cluster), which Feast then uses instead of starting
+        an unbounded Ray of its own. A file-store repo needs nothing."""
+        manifest = self.manifest
+        if manifest.get("offline_store") != "ray":
+            yield
+            return
+        from genrec.distributed import RaySession
+
+        known = {f.name for f in dataclasses.fields(RayConfig)}
+        config = RayConfig(**{k: v for k, v in manifest.get("ray", {}).items() if k in known})
+        with RaySession.open(config):
+            yield
 
     @property
     def store(self) -> FeatureStore:
@@ -162,9 +214,12 @@ class FeatureRepo:
     def offline_path(self, view: str) -> Path:
         return self.path / OFFLINE_PATHS[view]
 
-    def write_user_summaries(self, snapshots: pd.DataFrame) -> Path:
+    def write_user_summaries(self, snapshots: pd.DataFrame, buckets: int = 1) -> Path:
+        """Every snapshot, as a partitioned folder of `buckets` user buckets."""
         path = self.offline_path(USER_SUMMARY_VIEW)
-        write_parquet(snapshots[USER_SUMMARY_SCHEMA.names], path, USER_SUMMARY_SCHEMA)
+        with atomic_path(path) as folder:
+            folder.mkdir()
+            write_partitioned(snapshots[USER_SUMMARY_SCHEMA.names], folder, buckets, USER_SUMMARY_SCHEMA)
         return path
 
     def write_item_sids(self, codes: pd.DataFrame | None, static_timestamp: str) -> Path:
@@ -192,11 +247,27 @@ class FeatureRepo:
         write_parquet(frame, path, ITEM_SID_SCHEMA)
         return path
 
-    def write_history(self, interactions: pd.DataFrame) -> Path:
-        """The interactions the snapshots were built from, for analysts (`genrec features show`)."""
+    def write_history(self, interactions: pd.DataFrame, buckets: int = 1) -> Path:
+        """The interactions the snapshots were built from, for analysts (`genrec features show`), as
+        a partitioned folder of `buckets` user buckets."""
         path = self.path / HISTORY_FILE
-        write_parquet(interactions[["user_id", "item_id", "timestamp"]].reset_index(drop=True), path)
+        with atomic_path(path) as folder:
+            folder.mkdir()
+            write_partitioned(interactions[HISTORY_COLUMNS], folder, buckets)
         return path
+
+    def user_history(self, user: str) -> pd.DataFrame | None:
+        """One user's interactions from the history (reading only their bucket); None without one."""
+        path = self.history_path
+        if path is None:
+            return None
+        if not is_partitioned(path):
+            frame = pd.read_parquet(path)
+            return frame[frame["user_id"].astype(str) == user]
+        partitioning = read_partitioning(path)
+        bucket = int(user_buckets(np.array([user], dtype=object), partitioning.buckets)[0])
+        frame = read_bucket(path, bucket, HISTORY_COLUMNS, partitioning)
+        return frame[frame["user_id"] == user]
 
     def save_model(self, model_file: str | Path) -> Path:
         target = self.path / MODEL_FILE
@@ -212,7 +283,7 @@ class FeatureRepo:
     @property
     def history_path(self) -> Path | None:
         path = self.path / HISTORY_FILE
-        return path if path.is_file() else None
+        return path if path.exists() else None
 
     # -- Feast -----------------------------------------------------------------------------------------
 
@@ -240,7 +311,7 @@ class FeatureRepo:
 
     def apply(self) -> list[str]:
         """Registers the definitions and creates the online tables: what `feast apply` does."""
-        with quiet_feast():
+        with quiet_feast(), self.feast_session():
             objects = self.definitions()
             self.store.apply(objects)
         return sorted(getattr(o, "name", "") for o in objects)
@@ -255,10 +326,10 @@ class FeatureRepo:
         with `write_to_online_store` gives the same online state about ten times faster.
         """
         stats = []
-        with quiet_feast():
+        with quiet_feast(), self.feast_session():
             for view in views:
                 start = time.perf_counter()
-                frame = pd.read_parquet(self.offline_path(view))
+                frame = read_parquet(self.offline_path(view))
                 key = ENTITY_KEYS[view]
                 ordered = frame.sort_values([key, EVENT_TIMESTAMP], kind="stable")
                 newest = ordered.drop_duplicates(key, keep="last")

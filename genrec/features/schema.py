@@ -31,9 +31,11 @@ ITEM_SID_SCHEMA = pa.schema([
     pa.field(SID, pa.list_(pa.int64()), nullable=False),
 ])
 
-# Where each view's offline parquet lives, relative to the repo folder (the FileSource paths).
+# Where each view's offline parquet lives, relative to the repo folder (the FileSource paths). The
+# summaries are a partitioned folder (user buckets, genrec.data.partitioned): a log of 100M events
+# has some 10M snapshots of 1 KB, written by the bucket tasks that make them.
 OFFLINE_PATHS = {
-    USER_SUMMARY_VIEW: "data/user_summaries.parquet",
+    USER_SUMMARY_VIEW: "data/user_summaries",
     ITEM_SID_VIEW: "data/item_sids.parquet",
 }
 ENTITY_KEYS = {USER_SUMMARY_VIEW: USER_ID, ITEM_SID_VIEW: ITEM_ID}

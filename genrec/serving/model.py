@@ -227,11 +227,14 @@ class NotReady(RuntimeError):
 
 
 def build_pool_from_file(model: Any, path: str | Path, config: GenrecConfig) -> RetrievalPool:
-    """A DARE pool from an interactions file (parquet or csv with user_id, item_id[, timestamp])."""
+    """A DARE pool from interactions (a parquet file or folder, or csv with user_id, item_id[,
+    timestamp])."""
     import pandas as pd
 
+    from genrec.io import read_parquet
+
     path = Path(path)
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    frame = read_parquet(path) if path.suffix == ".parquet" or path.is_dir() else pd.read_csv(path)
     return build_pool_from_frame(model, frame, config)
 
 

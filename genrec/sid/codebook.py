@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from genrec.config import ConfigError, GenrecConfig, SidConfig
 from genrec.io import atomic_path
@@ -189,18 +190,26 @@ def quantise(features: np.ndarray, config: SidConfig) -> Quantised:
         return rq_vae(features, config)
     return rq_kmeans(features, config)
 
-def build_codebook(catalogue: pd.DataFrame, interactions: pd.DataFrame, config: SidConfig,
-                   text_encoder: TextEncoder | None = None) -> Codebook:
+def codebook_order(catalogue: pd.DataFrame) -> pd.DataFrame:
+    """Catalogue rows in item id order: k-means++ samples by row, and an ID must not depend on file
+    order."""
+    return catalogue.assign(item_id=catalogue["item_id"].astype(str)).sort_values(
+        "item_id", kind="stable").reset_index(drop=True)
+
+
+def build_codebook(catalogue: pd.DataFrame, interactions: pd.DataFrame | None, config: SidConfig,
+                   text_encoder: TextEncoder | None = None,
+                   cooccurrence: sp.csr_matrix | None = None) -> Codebook:
     """Item features -> residual quantisation -> dedup level -> trie, with quality figures.
 
     `interactions` must carry the leave-one-out `split` column: the collaborative part reads only
-    training rows. `text_encoder` replaces the packaged MiniLM (tests use a cheap stand-in).
+    training rows. `cooccurrence` stands in for them: the training co-occurrence counts over the
+    catalogue in `codebook_order`. `text_encoder` replaces the packaged MiniLM (tests use a cheap
+    stand-in).
     """
     started = time.perf_counter()
-    # Rows in item id order: k-means++ samples by row, and an ID must not depend on file order.
-    catalogue = catalogue.assign(item_id=catalogue["item_id"].astype(str)).sort_values(
-        "item_id", kind="stable").reset_index(drop=True)
-    features = build_item_features(catalogue, interactions, config, text_encoder)
+    catalogue = codebook_order(catalogue)
+    features = build_item_features(catalogue, interactions, config, text_encoder, cooccurrence)
     features_done = time.perf_counter()
     quantised = quantise(features.matrix, config)
     quantise_done = time.perf_counter()

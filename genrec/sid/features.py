@@ -324,10 +324,16 @@ def ppmi(counts: sp.csr_matrix, context_alpha: float) -> sp.csr_matrix:
     return sp.csr_matrix((pmi[keep], (counts.row[keep], counts.col[keep])), shape=counts.shape)
 
 
-def collaborative_features(interactions: pd.DataFrame, item_ids: np.ndarray, config: SidConfig
-                           ) -> np.ndarray | None:
-    """PPMI + truncated SVD item vectors from training sequences; zero rows for unseen items."""
-    counts = cooccurrence_counts(training_sequences(interactions), item_ids, config.collab_window)
+def collaborative_features(interactions: pd.DataFrame | None, item_ids: np.ndarray, config: SidConfig,
+                           counts: sp.csr_matrix | None = None) -> np.ndarray | None:
+    """PPMI + truncated SVD item vectors from training sequences; zero rows for unseen items.
+    `counts`: the co-occurrence counts when already made (bucket by bucket on Ray), else they are
+    counted from `interactions`."""
+    if counts is None:
+        if interactions is None:
+            raise ValueError("collaborative features need the interactions or their co-occurrence counts")
+        counts = cooccurrence_counts(training_sequences(interactions), item_ids, config.collab_window)
+    counts = counts.tocsr().sorted_indices()
     if counts.nnz == 0:
         return None
     matrix = ppmi(counts, config.collab_context_alpha)
@@ -343,12 +349,14 @@ def collaborative_features(interactions: pd.DataFrame, item_ids: np.ndarray, con
 # ------------------------------------------------------------------------------------------------
 
 
-def build_item_features(catalogue: pd.DataFrame, interactions: pd.DataFrame, config: SidConfig,
-                        text_encoder: TextEncoder | None = None) -> ItemFeatures:
+def build_item_features(catalogue: pd.DataFrame, interactions: pd.DataFrame | None, config: SidConfig,
+                        text_encoder: TextEncoder | None = None,
+                        cooccurrence: sp.csr_matrix | None = None) -> ItemFeatures:
     """Fuses every available, switched-on part into one vector per catalogue item.
 
-    `interactions` must carry the split column; only training rows are read. `text_encoder`
-    replaces the packaged MiniLM (its embeddings are then not cached).
+    `interactions` must carry the split column; only training rows are read. `cooccurrence` (the
+    counts over catalogue rows in order, made bucket by bucket) stands in for the interactions.
+    `text_encoder` replaces the packaged MiniLM (its embeddings are then not cached).
     """
     catalogue = catalogue.reset_index(drop=True)
     item_ids = catalogue["item_id"].astype(str).to_numpy()
@@ -386,7 +394,7 @@ def build_item_features(catalogue: pd.DataFrame, interactions: pd.DataFrame, con
     offer("value", config.use_value, config.value_weight,
           lambda: value_bucket_features(catalogue["value"].to_numpy(), config.value_buckets))
     offer("collaborative", config.use_collaborative, config.collaborative_weight,
-          lambda: collaborative_features(interactions, item_ids, config))
+          lambda: collaborative_features(interactions, item_ids, config, cooccurrence))
     if not blocks:
         raise ValueError("no item feature part is available: " + "; ".join(notes))
 

@@ -99,8 +99,10 @@ class RefreshSchedule:
     every: int
 
     @classmethod
-    def resolve(cls, config: VistaConfig, interactions: pd.DataFrame,
-                order_only_epoch: str) -> RefreshSchedule:
+    def resolve(cls, config: VistaConfig, interactions: pd.DataFrame | None,
+                order_only_epoch: str, order_only: bool | None = None) -> RefreshSchedule:
+        """The schedule `config` asks for; "auto" looks at the interactions, or takes `order_only` when
+        it was decided elsewhere (bucket by bucket)."""
         try:
             period = pd.Timedelta(pd.tseries.frequencies.to_offset(config.refresh_period))
         except (ValueError, TypeError) as exc:
@@ -108,7 +110,9 @@ class RefreshSchedule:
                              "frequency such as 1D or 6h") from exc
         kind = config.refresh
         if kind == "auto":
-            kind = "count" if looks_order_only(interactions, order_only_epoch) else "period"
+            if order_only is None:
+                order_only = interactions is not None and looks_order_only(interactions, order_only_epoch)
+            kind = "count" if order_only else "period"
         return cls(kind, period, config.refresh_every_interactions)
 
     def describe(self) -> str:
