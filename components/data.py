@@ -22,7 +22,7 @@ def ingest_and_validate(
 
     from components.runtime import log_metrics
     from genrec.config import GenrecConfig
-    from genrec.data.ingest import ingest_to_artefacts
+    from genrec.data.ingest_step import ingest_to_artefacts
     from genrec.data.validation import DataValidationError
 
     cfg = GenrecConfig.from_dict(config)

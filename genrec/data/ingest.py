@@ -1,9 +1,7 @@
 """Ingest: source -> contract -> values -> validation. Nothing is written unless the data is valid.
 
-`ingest` holds the log in one frame (the in-memory engine, and what benchmarks and tests call on
-small data); `ingest_to_artefacts` writes the step's artefacts with the configured engine: the
-interactions as a partitioned folder (user buckets, `genrec.data.partitioned`) and the catalogue as
-one parquet file. Both engines write the same artefacts.
+`ingest` holds the log in one frame: the in-memory engine, and what benchmarks and tests call on
+small data. The pipeline step writes its artefacts with either engine (`genrec.data.ingest_step`).
 """
 
 from __future__ import annotations
@@ -15,11 +13,10 @@ import pandas as pd
 
 from genrec.config import GenrecConfig
 from genrec.data.bids import attach_values
-from genrec.data.partitioned import Partitioning, bucket_count, write_partitioned
+from genrec.data.partitioned import Partitioning
 from genrec.data.schema import CATALOGUE, INTERACTIONS, DatasetInfo
 from genrec.data.sources import load_source
 from genrec.data.validation import ValidationReport, require_valid
-from genrec.io import atomic_path, write_parquet
 
 
 @dataclass
@@ -32,7 +29,7 @@ class IngestedDataset:
 
 @dataclass
 class IngestOutcome:
-    """What `ingest_to_artefacts` wrote and found."""
+    """What the ingest step wrote and found (either engine)."""
 
     info: DatasetInfo
     validation: ValidationReport
@@ -64,20 +61,3 @@ def ingest(config: GenrecConfig, data_docs_dir: str | Path | None = None) -> Ing
     )
     return IngestedDataset(interactions, catalogue, raw.info, report)
 
-
-def ingest_to_artefacts(config: GenrecConfig, interactions_dir: str | Path, catalogue_path: str | Path,
-                        data_docs_dir: str | Path | None = None) -> IngestOutcome:
-    """Ingests and validates with `config.data.engine` and writes the interactions (partitioned) and
-    the catalogue. A failed validation raises DataValidationError and writes neither."""
-    if config.data.engine == "ray":
-        from genrec.data.ingest_ray import ingest_on_ray
-
-        return ingest_on_ray(config, interactions_dir, catalogue_path, data_docs_dir)
-    dataset = ingest(config, data_docs_dir)
-    buckets = bucket_count(len(dataset.interactions), config.data.bucket_rows)
-    with atomic_path(interactions_dir) as folder:
-        folder.mkdir()
-        partitioning = write_partitioned(dataset.interactions, folder, buckets, INTERACTIONS.arrow)
-    write_parquet(dataset.catalogue, catalogue_path, CATALOGUE.arrow)
-    return IngestOutcome(dataset.info, dataset.validation, int(dataset.interactions["user_id"].nunique()),
-                         len(dataset.catalogue), len(dataset.interactions), partitioning, "pandas")

@@ -265,7 +265,10 @@ def ingest_bucket(task: BucketTask) -> BucketOutcome:
     interactions = INTERACTIONS.conform(frame)
     validation = validate_bucket(interactions, _catalogue_items(task.catalogue_items), task.rules,
                                  task.min_per_user, task.max_examples)
-    write_bucket(task.output, task.bucket, interactions, INTERACTIONS.arrow)
+    # A bucket that breaks a rule fails the whole step, which then writes nothing: its part is not
+    # written (the contract schema would refuse its nulls anyway).
+    if validation.clean(task.rules):
+        write_bucket(task.output, task.bucket, interactions, INTERACTIONS.arrow)
     return BucketOutcome(validation, interactions.head(LAYOUT_SAMPLE_ROWS))
 
 

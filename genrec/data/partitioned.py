@@ -12,6 +12,9 @@ user), the leave-one-out split and each user's snapshots are computed one bucket
 Ray task holds one bucket in memory, never the log. The hash is pandas' SipHash of the id with a
 fixed key (`pd.util.hash_array`), the same in every process and run.
 
+A single parquet file reads as an artefact of one bucket, so that a table prepared elsewhere (or a
+test's fixture) can be imported into a step as it is.
+
 `location` is where the parts live when they are not in the folder itself: on a cluster, a folder
 that every Ray worker and the step's pod mount at the same path (`ray.shared_dir`).
 """
@@ -75,12 +78,18 @@ def is_partitioned(path: str | Path) -> bool:
     return (Path(path) / PARTITIONING_FILE).is_file()
 
 
+def _is_single_file(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".parquet"
+
+
 def read_partitioning(path: str | Path) -> Partitioning:
     folder = Path(path)
+    if _is_single_file(folder):
+        return Partitioning(buckets=1, rows=[pq.ParquetFile(folder).metadata.num_rows])
     marker = folder / PARTITIONING_FILE
     if not marker.is_file():
         raise PartitionError(f"{folder} is not a partitioned artefact: it has no {PARTITIONING_FILE} "
-                             "(pass the folder a data step wrote)")
+                             "(pass the folder a data step wrote, or one .parquet file)")
     try:
         raw = json.loads(marker.read_text())
         partitioning = Partitioning(**raw)
@@ -105,13 +114,20 @@ def part_path(folder: str | Path, bucket: int) -> Path:
     return Path(folder) / PART_NAME.format(bucket)
 
 
+def bucket_file(path: str | Path, bucket: int, partitioning: Partitioning | None = None) -> Path:
+    """The parquet file that holds one bucket of an artefact."""
+    if _is_single_file(Path(path)):
+        return Path(path)
+    return part_path(parts_folder(path, partitioning), bucket)
+
+
 def read_bucket(path: str | Path, bucket: int, columns: list[str] | None = None,
                 partitioning: Partitioning | None = None) -> pd.DataFrame:
     """One bucket of a partitioned artefact as a frame."""
     partitioning = partitioning or read_partitioning(path)
     if not 0 <= bucket < partitioning.buckets:
         raise PartitionError(f"{path} has buckets 0..{partitioning.buckets - 1}, not {bucket}")
-    file = part_path(parts_folder(path, partitioning), bucket)
+    file = bucket_file(path, bucket, partitioning)
     if not file.is_file():
         raise PartitionError(f"{file} is missing: the artefact is incomplete, re-run the step that wrote it")
     return pq.read_table(file, columns=columns).to_pandas()

@@ -19,8 +19,7 @@ import pyarrow.parquet as pq
 from genrec.config import GenrecConfig
 from genrec.data.partitioned import (
     Partitioning,
-    part_path,
-    parts_folder,
+    bucket_file,
     read_all,
     read_bucket,
     read_partitioning,
@@ -96,7 +95,7 @@ class ValuePassTask:
 
 
 def value_pass_bucket(task: ValuePassTask) -> list[np.ndarray]:
-    part = part_path(parts_folder(task.artefact), task.bucket)
+    part = bucket_file(task.artefact, task.bucket)
     keys = sortable_keys(pq.read_table(part, columns=["value"]).column("value").to_numpy())
     if task.kind == "histogram":
         return [digit_histogram(keys, prefix) for prefix in task.prefixes]

@@ -17,21 +17,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from genrec.data.schema import CATALOGUE, INTERACTIONS, ContractError, TableSchema
-
-if TYPE_CHECKING:
-    from genrec.data.validation_scale import Rule, SuiteTally
+from genrec.data.validation_rows import ROW, example_row, interactions_helpers, short_user_count
+from genrec.data.validation_scale import Rule, SuiteTally, rule_of
 
 INTERACTIONS_SUITE = "genrec_interactions"
 CATALOGUE_SUITE = "genrec_catalogue"
 
-# Key of an example's row number (its position in the original frame).
-ROW = "row"
 COMPOUND_KEY = ("user_id", "item_id", "timestamp")
 
 
@@ -158,8 +155,6 @@ def validate_dataset(
 
 def interactions_rules(min_interactions_per_user: int) -> list[Rule]:
     """The interactions suite's rules as plain values, for bucket tasks (validation_scale)."""
-    from genrec.data.validation_scale import rule_of
-
     _, gxe = _import_gx()
     return [rule_of(check.expectation, check.extras)
             for check in interactions_checks(gxe, min_interactions_per_user, 0)]
@@ -309,33 +304,8 @@ def catalogue_item_ids(catalogue: pd.DataFrame) -> pd.Index:
     return pd.Index(catalogue["item_id"].dropna().unique())
 
 
-def interactions_helpers(frame: pd.DataFrame, catalogue_items: pd.Index) -> pd.DataFrame:
-    """The helper columns the row-spanning rules are expected on, for rows in the artefact's order
-    (time order within each user). Every rule looks only within one user, so a bucket of users gets
-    the same helpers as the whole log."""
-    users = frame["user_id"]
-    timestamps = frame["timestamp"]
-    values = frame["value"]
-    # Previous timestamp of the same user in row order; NaT for a user's first row and null users.
-    previous = timestamps.groupby(users, sort=False).shift()
-    counts = users.map(users.value_counts())  # NaN where user_id is null
-    known = frame["item_id"].isin(catalogue_items)
-    return pd.DataFrame(
-        {
-            # A NaT on either side is reported by the not-null check, not as out of order.
-            "timestamp_in_order": ~(timestamps < previous).to_numpy(),
-            "previous_timestamp": previous,
-            "user_interaction_count": counts,
-            "item_in_catalogue": np.asarray(np.where(frame["item_id"].isna(), None, known), dtype=object),
-            "value_is_finite": ~np.isinf(values.to_numpy(dtype="float64")),
-        },
-        index=frame.index,
-    )
 
 
-def short_user_count(interactions: pd.DataFrame, min_per_user: int) -> int:
-    per_user = interactions["user_id"].value_counts()
-    return int((per_user < min_per_user).sum())
 
 
 def _interactions_table(
@@ -556,23 +526,8 @@ def _examples(table: _Table, rows: list[int], extras: tuple[str, ...]) -> list[d
     return [example_row(table.original.loc[row], table.frame.loc[row], row, extras) for row in rows]
 
 
-def example_row(original: pd.Series, validated: pd.Series, row: int, extras: tuple[str, ...]) -> dict:
-    """An offending row as a report quotes it: its number, its contract columns, its helper values."""
-    example: dict[str, Any] = {ROW: row}
-    example.update({k: _plain(v) for k, v in original.items()})
-    for key in extras:
-        value = _plain(validated[key])
-        example[key] = int(value) if isinstance(value, float) and value.is_integer() else value
-    return example
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars become Python ones so that examples print and serialise simply."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 def _show(value: Any) -> str:

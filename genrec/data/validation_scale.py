@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from genrec.data.schema import INTERACTIONS
-from genrec.data.validation import ROW, example_row, interactions_helpers, short_user_count
+from genrec.data.validation_rows import ROW, example_row, interactions_helpers, short_user_count
 
 ROW_COUNT, NOT_NULL, BETWEEN, IN_SET, COMPOUND_UNIQUE = (
     "row_count", "not_null", "between", "in_set", "compound_unique")
@@ -174,6 +174,11 @@ class BucketValidation:
     rows: int
     users: int
     short_users: int
+
+    def clean(self, rules: list[Rule]) -> bool:
+        """No row of the bucket breaks a rule (the table-level row count is judged on the whole log)."""
+        return all(t.unexpected_count == 0 for rule, t in zip(rules, self.tallies, strict=True)
+                   if rule.kind != ROW_COUNT)
 
 
 def validate_bucket(interactions: pd.DataFrame, catalogue_items: pd.Index, rules: list[Rule],
