@@ -434,6 +434,13 @@ class RayConfig:
     shared_volume_claim: str = ""
     # Ray's session and spill folder for the embedded Ray (empty: Ray's default, /tmp/ray).
     temp_dir: str = ""
+    # In a cluster: the Secret with the RayCluster's address and its token. The compiled pipeline
+    # puts them into the data steps' environment (`address_env`, RAY_AUTH_TOKEN); where the Secret
+    # is absent, a step starts an embedded Ray in its own pod. The token key is the one KubeRay's
+    # `authOptions.secretName` reads, so one Secret serves the cluster and the steps.
+    secret: str = "genrec-ray"
+    secret_address_key: str = "address"
+    secret_token_key: str = "auth_token"
 
 
 @dataclass
@@ -805,6 +812,9 @@ class GenrecConfig:
         if ray.shared_volume_claim and not ray.shared_dir:
             raise ConfigError("ray.shared_volume_claim is mounted at ray.shared_dir: set ray.shared_dir "
                               "too (e.g. /mnt/genrec-shared)")
+        if ray.secret and not (ray.secret_address_key and ray.secret_token_key):
+            raise ConfigError("ray.secret_address_key and ray.secret_token_key name the keys of ray.secret: "
+                              "set both (KubeRay reads the token from the key auth_token), or ray.secret: ''")
         if ray.shared_dir and not ray.shared_dir.startswith("/"):
             raise ConfigError(f"ray.shared_dir={ray.shared_dir!r} must be an absolute path, the same in "
                               "every pod")

@@ -76,6 +76,9 @@ class RaySession:
         address = cluster_address(config)
         if not address:
             require_token_authentication()
+        elif os.environ.get(AUTH_TOKEN) and AUTH_MODE not in os.environ and "ray" not in sys.modules:
+            # A cluster's token from its Secret (KubeRay's authOptions): Ray needs the mode with it.
+            os.environ[AUTH_MODE] = "token"
         import ray
 
         if ray.is_initialized():

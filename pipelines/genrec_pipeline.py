@@ -26,6 +26,13 @@ from components.train import evaluate, train_generator
 from genrec.config import GenrecConfig
 from genrec.distributed import shared_local_ray
 
+# The steps whose work runs on Ray with data.engine=ray (component names), and the variable Ray reads
+# its token from.
+RAY_STEPS = ("ingest_and_validate", "split_interactions", "build_codebook", "materialize_summaries")
+RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
+# The label the RayCluster's NetworkPolicy lets through to the Ray Client port.
+RAY_CLIENT_LABEL = "genrec.io/ray-client"
+
 
 def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
     """Returns the pipeline function. `image` (a cluster run) replaces every component's image."""
@@ -51,7 +58,22 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         else:
             task.set_cpu_request(cluster.cpu_request).set_cpu_limit(cluster.cpu_limit)
             task.set_memory_request(cluster.memory_request).set_memory_limit(cluster.memory_limit)
+        if step in RAY_STEPS and config.data.engine == "ray":
+            on_ray_cluster(task)
         return task
+
+    def on_ray_cluster(task: dsl.PipelineTask) -> None:
+        """A data step joins the RayCluster named in the Ray Secret (optional: without it the step
+        starts an embedded Ray in its pod), and mounts the volume the cluster's pods share."""
+        ray = config.ray
+        if ray.secret:
+            kubernetes.use_secret_as_env(
+                task, secret_name=ray.secret, optional=True,
+                secret_key_to_env={ray.secret_address_key: ray.address_env,
+                                   ray.secret_token_key: RAY_TOKEN_ENV})
+        if ray.shared_volume_claim:
+            kubernetes.mount_pvc(task, pvc_name=ray.shared_volume_claim, mount_path=ray.shared_dir)
+        kubernetes.add_pod_label(task, label_key=RAY_CLIENT_LABEL, label_value="true")
 
     # Every step's metrics and reports are pipeline outputs, so a local run (cached steps included)
     # can print one summary at the end.

@@ -40,7 +40,10 @@ CRD_FILES = {
     ("monitoring.coreos.com", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
     ("monitoring.coreos.com", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
     ("feast.dev", "FeatureStore"): "feast.dev_featurestores.yaml",
+    ("ray.io", "RayCluster"): "ray.io_rayclusters.yaml",
 }
+# Custom kinds only some overlays have: the data steps' RayCluster is on the GPU (cluster) overlay.
+OVERLAY_ONLY_KINDS = {"RayCluster": {"gpu"}}
 # The oldest Kubernetes we target, and the newest schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 NAMESPACE = "genrec"
@@ -130,6 +133,12 @@ def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dic
             pods.append((where, template["spec"], template["metadata"].get("labels", {})))
         elif doc["kind"] == "Pod":
             pods.append((where, doc["spec"], doc["metadata"].get("labels", {})))
+        elif doc["kind"] == "RayCluster":
+            groups = [("head", doc["spec"]["headGroupSpec"])] + [
+                (group["groupName"], group) for group in doc["spec"].get("workerGroupSpecs", [])]
+            for name, group in groups:
+                template = group["template"]
+                pods.append((f"{where}/{name}", template["spec"], template["metadata"].get("labels", {})))
         elif doc["kind"] == "InferenceService":
             for component in ("predictor", "transformer", "explainer"):
                 if component in doc["spec"]:
@@ -256,7 +265,8 @@ def test_custom_resources_match_their_crds(overlay: str) -> None:
         assert key in CRD_FILES, f"{overlay}: {key} has no CRD schema to validate against; add it to CRD_FILES"
         errors = crd_errors(doc)
         assert not errors, f"{overlay}: {doc['kind']}/{doc['metadata']['name']}:\n" + "\n".join(errors[:20])
-    assert {d["kind"] for d in customs} == {k for _, k in CRD_FILES}
+    expected = {k for _, k in CRD_FILES if overlay in OVERLAY_ONLY_KINDS.get(k, {overlay})}
+    assert {d["kind"] for d in customs} == expected
 
 
 @pytest.mark.parametrize(
@@ -437,6 +447,61 @@ def test_local_overlay_is_small_and_uses_the_local_image() -> None:
             assert _cpu(c["resources"]["limits"]["cpu"]) <= 1, f"{where}: CPU limit too big for kind"
 
 
+def test_ray_cluster_for_the_data_steps() -> None:
+    """The gpu overlay's RayCluster: token auth from the Secret the steps read too, a head that runs
+    no tasks, CPU workers that fit a bucket task, the Ray version the steps pin, and the shared
+    volume mounted where the cluster config says (configs/cluster.yaml)."""
+    docs = render("gpu")
+    cluster = one(docs, "RayCluster", "genrec-ray")["spec"]
+    config = GenrecConfig.from_yaml(REPO / "configs" / "cluster.yaml")
+    assert cluster["authOptions"] == {"mode": "token", "secretName": config.ray.secret}
+    assert config.ray.secret_token_key == "auth_token"  # the key KubeRay reads
+    lock = (REPO / "requirements.lock").read_text()
+    assert re.search(rf"^ray==\s*{re.escape(cluster['rayVersion'])}\b", lock, re.M), "rayVersion != the pinned ray"
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    ports = {p["name"]: p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
+    assert ports["client"] == 10001 and ports["gcs-server"] == 6379
+    [workers] = cluster["workerGroupSpecs"]
+    assert 1 <= workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
+    worker = workers["template"]["spec"]["containers"][0]
+    assert int(workers["rayStartParams"]["num-cpus"]) == _cpu(worker["resources"]["limits"]["cpu"])
+    for group in (head, workers):
+        pod = group["template"]["spec"]
+        [container] = pod["containers"]
+        assert not container["image"].endswith("-cuda") and _gpu_limit(container) == 0
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        shared = volumes[mounts[config.ray.shared_dir]]["persistentVolumeClaim"]["claimName"]
+        assert shared == config.ray.shared_volume_claim
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert config.data.engine == "ray" and config.ray.shared_dir and config.ray.shared_volume_claim
+
+
+def test_ray_cluster_network_policy() -> None:
+    docs = render("gpu")
+    policies = find(docs, "NetworkPolicy")
+    head = Peer(NAMESPACE, {"app.kubernetes.io/name": "genrec-ray", "app.kubernetes.io/component": "ray-head"},
+                ip="10.1.1.1")
+    worker = Peer(NAMESPACE, {"app.kubernetes.io/name": "genrec-ray", "app.kubernetes.io/component": "ray-worker"},
+                  ip="10.1.1.2")
+    step = Peer("kubeflow", {"genrec.io/ray-client": "true"}, ip="10.5.0.3")
+    other_step = Peer("kubeflow", {"workflows.argoproj.io/workflow": "x"}, ip="10.5.0.4")
+    prometheus = Peer("monitoring", {"app.kubernetes.io/name": "prometheus"}, ip="10.2.0.5")
+    stranger = Peer("default", {"app": "curl"}, ip="10.4.0.7")
+    neighbour = Peer(NAMESPACE, {"app.kubernetes.io/name": "something-else"}, ip="10.1.0.99")
+    # The cluster's own pods, on any port (GCS, raylets, object managers, workers).
+    for port in (6379, 10001, 8265, 12345):
+        assert allowed(policies, worker, head, port) and allowed(policies, head, worker, port)
+    # The data steps reach the Ray Client port only; nobody else reaches anything but metrics.
+    assert allowed(policies, step, head, 10001)
+    assert not allowed(policies, step, head, 6379) and not allowed(policies, step, worker, 12345)
+    for outsider in (other_step, stranger, neighbour):
+        for port in (10001, 6379, 8265):
+            assert not allowed(policies, outsider, head, port), (outsider.labels, port)
+    assert allowed(policies, prometheus, head, 8080) and not allowed(policies, prometheus, head, 8265)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Config and cross-file consistency
 
@@ -518,6 +583,8 @@ def test_secret_references_are_documented(overlay: str) -> None:
                     refs.add((ref["name"], ref["key"]))
     store = one(render(overlay), "FeatureStore")["spec"]["services"]["onlineStore"]["persistence"]["store"]
     refs.add((store["secretRef"]["name"], store["secretKeyName"]))
+    for cluster in find(render(overlay), "RayCluster"):  # KubeRay reads the token from key auth_token
+        refs.add((cluster["spec"]["authOptions"]["secretName"], "auth_token"))
     assert refs
     for name, key in refs:
         pattern = rf"create secret generic {re.escape(name)}\b[^\n]*(\\\n[^\n]*)*--from-literal={re.escape(key)}="

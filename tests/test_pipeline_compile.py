@@ -108,9 +108,39 @@ def test_a_redis_online_store_gets_its_connection_string_from_the_secret(tmp_pat
     cfg = GenrecConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "cluster.yaml")
     assert cfg.features.online_store == "redis" and cfg.deploy.target == "kserve"
     _, platform = compiled(cfg, tmp_path)
-    [secret] = platform["exec-materialize-summaries"]["secretAsEnv"]
+    [secret] = [s for s in platform["exec-materialize-summaries"]["secretAsEnv"]
+                if s["secretName"] == cfg.features.redis_secret]
     assert secret["secretName"] == "genrec-feast-redis" and secret["optional"] is False
     assert secret["keyToEnv"] == [{"secretKey": "connection_string", "envVar": "GENREC_REDIS_CONNECTION_STRING"}]
     # sqlite (the local default) needs no secret.
     _, platform = compiled(GenrecConfig(), tmp_path)
-    assert "secretAsEnv" not in platform.get("exec-materialize-summaries", {})
+    assert not [s for s in platform["exec-materialize-summaries"].get("secretAsEnv", [])
+                if s["secretName"] == "genrec-feast-redis"]
+
+
+DATA_STEPS = ("exec-ingest-and-validate", "exec-split-interactions", "exec-build-codebook",
+              "exec-materialize-summaries")
+
+
+def test_data_steps_join_the_ray_cluster_from_its_secret(tmp_path: Path) -> None:
+    """With data.engine=ray, the data steps (and only they) read the RayCluster's address and token
+    from the optional Secret, mount the shared volume at ray.shared_dir, and carry the label the
+    cluster's NetworkPolicy lets through."""
+    cfg = GenrecConfig.from_yaml(REPO / "configs" / "cluster.yaml")
+    _, platform = compiled(cfg, tmp_path)
+    for step in DATA_STEPS:
+        [secret] = [s for s in platform[step]["secretAsEnv"] if s["secretName"] == cfg.ray.secret]
+        assert secret["optional"] is True  # absent: the step starts an embedded Ray in its pod
+        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
+            ("address", cfg.ray.address_env), ("auth_token", "RAY_AUTH_TOKEN")}
+        assert [(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"])
+                for m in platform[step]["pvcMount"]] == [(cfg.ray.shared_volume_claim, cfg.ray.shared_dir)]
+        assert platform[step]["podMetadata"]["labels"] == {"genrec.io/ray-client": "true"}
+    for step in ("exec-train-generator", "exec-finetune-rspo", "exec-evaluate"):
+        assert not [s for s in platform.get(step, {}).get("secretAsEnv", []) if s["secretName"] == cfg.ray.secret]
+        assert "pvcMount" not in platform.get(step, {})
+    # The in-memory engine needs neither.
+    pandas = cfg.with_overrides(["data.engine=pandas"])
+    _, platform = compiled(pandas, tmp_path)
+    for step in DATA_STEPS:
+        assert not [s for s in platform.get(step, {}).get("secretAsEnv", []) if s["secretName"] == cfg.ray.secret]

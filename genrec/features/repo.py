@@ -69,6 +69,7 @@ HISTORY_FILE = "data/interactions"
 HISTORY_COLUMNS = ["user_id", "item_id", "timestamp"]
 # Feast's own Ray offline store stages what it writes here (relative to the repo).
 RAY_STORAGE = "data/ray_storage"
+RAY_OFFLINE_STORE = "genrec.features.feast_ray.GenrecRayOfflineStore"
 # The checkout's template sits beside the package; the Dockerfile copies it to this path in the image.
 CHECKOUT_TEMPLATE = Path(__file__).resolve().parents[2] / "feature_repo"
 IMAGE_TEMPLATE = Path("/opt/genrec-feature-repo")
@@ -82,7 +83,8 @@ def ray_store_settings(ray: RayConfig, online_store: str) -> dict[str, Any]:
     where: dict[str, Any] = {"ray_address": ray.address} if ray.address else {"ray_conf": {
         "num_cpus": ray.num_cpus or os.cpu_count(), "object_store_memory": ray.object_store_mb * MIB}}
     return {
-        "offline_store": {"type": "ray", "storage_path": RAY_STORAGE, **where},
+        # Feast's Ray store with Bytes kept whole in historical retrieval (genrec.features.feast_ray).
+        "offline_store": {"type": RAY_OFFLINE_STORE, "storage_path": RAY_STORAGE, **where},
         "batch_engine": {"type": "ray.engine", **where,
                          "write_concurrency": 1 if online_store == "sqlite" else max(1, ray.num_cpus)},
     }
