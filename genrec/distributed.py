@@ -133,11 +133,20 @@ class RaySession:
         """`[fn(spec) for spec in specs]`, as Ray Data tasks; results in spec order. Progress lines
         name `what` unless `progress` is given. `concurrency` caps the tasks at once below the
         session's own cap (1 for a sink that takes one writer)."""
+        results: list[Any] = [None] * len(specs)
+        for index, outcome in self.imap(fn, specs, what, progress, concurrency):
+            results[index] = outcome
+        return results
+
+    def imap(self, fn: Callable[[S], R], specs: Sequence[S], what: str,
+             progress: Progress | None = None, concurrency: int | None = None) -> Iterator[tuple[int, R]]:
+        """Like `map`, yielding (index of the spec, result) as tasks finish, so that the caller can
+        fold results in without holding them all."""
         import ray
 
         progress = progress or LineProgress(what)
         if not specs:
-            return []
+            return
         rows = [{"index": index, "spec": pickle.dumps(spec)} for index, spec in enumerate(specs)]
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": self.config.task_retries}
         if self.config.task_memory_mb:
@@ -145,14 +154,12 @@ class RaySession:
         pool = ray.data.TaskPoolStrategy(size=min(self.concurrency(len(rows)), concurrency or len(rows)))
         task = functools.partial(_run_task, fn=fn)
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map(task, compute=pool, **options)
-        results: list[Any] = [None] * len(rows)
         for done, row in enumerate(dataset.iter_rows(), start=1):
             outcome = pickle.loads(row["outcome"])
             if isinstance(outcome, TaskFailure):
                 raise outcome.error
-            results[row["index"]] = outcome
             progress(done, len(rows))
-        return results
+            yield row["index"], outcome
 
 
 @dataclass

@@ -234,9 +234,11 @@ def test_a_failing_rule_at_scale_stops_names_it_and_writes_nothing(synthetic_log
         assert (out / "docs" / "index.html").is_file(), "Data Docs are written on failure too"
         assert not list(out.glob(".*")), "no scratch folder is left behind"
     assert failures["pandas"] == failures["ray"]
-    by_rule = {f[2]: f for f in failures["ray"]}
-    duplicate = by_rule["expect_compound_columns_to_be_unique"]
+    by_rule = {(f[1], f[2]): f for f in failures["ray"]}
+    duplicate = by_rule[("user_id,item_id,timestamp", "expect_compound_columns_to_be_unique")]
     assert duplicate[3] == 2 and [e["row"] for e in duplicate[4]] == [5, 10]  # rows of the source
-    unknown = by_rule["expect_column_values_to_be_in_set"]
-    assert unknown[4][0]["item_id"] == "no-such-item"
-    assert np.isclose(by_rule["expect_column_values_to_be_between"][4][0]["value"], -1.0)
+    unknown = by_rule[("item_id", "expect_column_values_to_be_in_set")]
+    assert unknown[3] == 1 and unknown[4][0]["item_id"] == "no-such-item"
+    assert np.isclose(by_rule[("value", "expect_column_values_to_be_between")][4][0]["value"], -1.0)
+    # The repeated event also comes back in time: out of order at the same source row.
+    assert [e["row"] for e in by_rule[("timestamp", "expect_column_values_to_be_in_set")][4]] == [10]

@@ -143,3 +143,35 @@ def test_create_refuses_a_used_folder_and_open_a_missing_one(tmp_path: Path) -> 
         FeatureRepo.create(tmp_path / "used", GenrecConfig().features)
     with pytest.raises(FeatureRepoError, match="not a feature repo"):
         FeatureRepo.open(tmp_path / "missing")
+
+
+def test_the_redis_config_plans_nothing_against_the_sqlite_repo(run) -> None:  # type: ignore[no-untyped-def]
+    """`feast -f feature_store.redis.yaml plan` on a run's (sqlite) repo: the Redis config has its own
+    registry, so Feast plans to create its views there and to delete nothing; the sqlite tables the
+    local default reads are untouched (a shared registry made this plan tear them down)."""
+    import subprocess
+    import sys
+
+    _, _, result = run
+    repo = result.repo.path
+    feast = Path(sys.executable).with_name("feast")
+    tables_before = _sqlite_tables(repo / "data" / "online_store.db")
+    out = subprocess.run([str(feast), "-c", str(repo), "-f", str(repo / "feature_store.redis.yaml"), "plan"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = out.stdout + out.stderr
+    assert "Deleted" not in plan and "deleted" not in plan.lower().replace("undeleted", ""), plan[-2000:]
+    assert USER_SUMMARY_VIEW in plan  # planned into the Redis registry, which starts empty
+    assert _sqlite_tables(repo / "data" / "online_store.db") == tables_before
+    redis_settings = yaml.safe_load((repo / "feature_store.redis.yaml").read_text())
+    sqlite_settings = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    assert redis_settings["registry"] != sqlite_settings["registry"]
+    user = result.snapshots["user_id"].iloc[0]
+    assert online_summaries(result.repo, [user])[user] is not None
+
+
+def _sqlite_tables(path: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        return sorted(r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'"))

@@ -210,7 +210,13 @@ def _read_pieces(folder: Path, columns: list[str] | None = None) -> pd.DataFrame
     pieces = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not pieces:
         return None
-    return pa.concat_tables([pq.read_table(piece, columns=columns) for piece in pieces]).to_pandas()
+    tables = [pq.read_table(piece, columns=columns) for piece in pieces]
+    try:
+        # Files of one log may differ in nullability or width (int32 here, int64 there): unify them.
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ContractError(f"the source's files disagree on a column's type ({exc}); give every file of "
+                            "the log the same schema") from exc
 
 
 # --- 2. catalogue values from the log -----------------------------------------------------------

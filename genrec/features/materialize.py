@@ -33,7 +33,7 @@ from genrec.data.partitioned import (
 )
 from genrec.data.schema import SPLIT_COLUMN
 from genrec.distributed import RaySession
-from genrec.features.repo import HISTORY_COLUMNS, HISTORY_FILE, FeatureRepo, MaterializeStats, quiet_feast
+from genrec.features.repo import HISTORY_COLUMNS, HISTORY_FILE, FeatureRepo, MaterializeStats
 from genrec.features.schema import ITEM_SID_VIEW, USER_SUMMARY_VIEW
 from genrec.io import atomic_path
 from genrec.progress import LineProgress
@@ -216,11 +216,7 @@ class OnlineTask:
 def write_online_bucket(task: OnlineTask) -> int:
     """Writes one bucket's newest snapshots into the repo's online store; returns its users."""
     latest = pq.read_table(part_path(task.latest, task.bucket)).to_pandas()
-    with quiet_feast():
-        store = _store(task.repo)
-        for first in range(0, len(latest), task.batch_rows):
-            store.write_to_online_store(USER_SUMMARY_VIEW, latest.iloc[first:first + task.batch_rows])
-    return len(latest)
+    return _repo(task.repo).write_online_summaries(latest, task.batch_rows)
 
 
 # A worker runs many bucket tasks: the model and the store are loaded once per worker.
@@ -230,8 +226,8 @@ def _summarizer(path: str) -> TrainedSummarizer:
 
 
 @functools.lru_cache(maxsize=1)
-def _store(path: str) -> Any:
-    return FeatureRepo(path).store
+def _repo(path: str) -> FeatureRepo:
+    return FeatureRepo(path)
 
 
 @dataclass

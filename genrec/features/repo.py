@@ -335,13 +335,29 @@ class FeatureRepo:
                 key = ENTITY_KEYS[view]
                 ordered = frame.sort_values([key, EVENT_TIMESTAMP], kind="stable")
                 newest = ordered.drop_duplicates(key, keep="last")
-                for first in range(0, len(newest), batch_rows):
-                    self.store.write_to_online_store(view, newest.iloc[first:first + batch_rows])
+                if view == USER_SUMMARY_VIEW:
+                    self.write_online_summaries(newest, batch_rows)
+                else:
+                    for first in range(0, len(newest), batch_rows):
+                        self.store.write_to_online_store(view, newest.iloc[first:first + batch_rows])
                 if len(frame):
                     times = frame[EVENT_TIMESTAMP]
                     self._record_materialization(view, times.min(), times.max())
                 stats.append(MaterializeStats(view, len(newest), time.perf_counter() - start))
         return stats
+
+    def write_online_summaries(self, newest: pd.DataFrame, batch_rows: int) -> int:
+        """Writes each user's newest summary (one row per user) into the online store: straight into
+        Redis in Feast's layout (`genrec.features.redis_writer`, one round trip per batch, always
+        replacing what a previous run wrote), through Feast into sqlite."""
+        if self.manifest.get("online_store") == "redis":
+            from genrec.features.redis_writer import RedisSummaryWriter
+
+            return RedisSummaryWriter(self.path).write(newest, batch_rows)
+        with quiet_feast():
+            for first in range(0, len(newest), batch_rows):
+                self.store.write_to_online_store(USER_SUMMARY_VIEW, newest.iloc[first:first + batch_rows])
+        return len(newest)
 
     def _record_materialization(self, view: str, start: pd.Timestamp, end: pd.Timestamp) -> None:
         store = self.store

@@ -10,6 +10,7 @@ integers, so the two sums are equal to the last bit (`tests/test_data_engines.py
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +39,24 @@ def cooccurrence_of_splits(config: GenrecConfig, splits_dir: str | Path,
         ids_path = staging / "item_ids.parquet"
         pq.write_table(pa.table({"item_id": pa.array(item_ids.astype(str), pa.string())}), ids_path)
         tasks = [CountTask(str(splits_dir), b, str(ids_path), window) for b in range(buckets)]
-        total = sp.csr_matrix((len(item_ids), len(item_ids)))
-        for part in session.map(count_bucket, tasks, "codebook: co-occurrence per bucket"):
-            total = total + part
+        parts = (part for _, part in session.imap(count_bucket, tasks, "codebook: co-occurrence per bucket"))
+        return sum_counts(parts, len(item_ids))
+
+
+def sum_counts(parts: Iterable[sp.csr_matrix], size: int) -> sp.csr_matrix:
+    """The sum of the buckets' counts, added pairwise like a binary counter: each entry is copied
+    about log2(buckets) times, not once per bucket, and at most two large sums are alive at once.
+    Integer counts add up exactly in any order."""
+    stack: list[tuple[int, sp.csr_matrix]] = []
+    for part in parts:
+        level, matrix = 0, part.tocsr()
+        while stack and stack[-1][0] == level:
+            matrix = stack.pop()[1] + matrix
+            level += 1
+        stack.append((level, matrix))
+    total = sp.csr_matrix((size, size))
+    while stack:
+        total = stack.pop()[1] + total
     return total.tocsr()
 
 

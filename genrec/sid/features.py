@@ -288,6 +288,11 @@ def training_sequences(interactions: pd.DataFrame) -> pd.DataFrame:
     return train.sort_values(["user_id", "timestamp"], kind="stable")
 
 
+# Entries of the co-occurrence matrix that one block of `ppmi` computes at once (8 bytes each per
+# temporary): bounds its memory whatever the matrix's size.
+PPMI_BLOCK_ENTRIES = 4_000_000
+
+
 def cooccurrence_counts(train: pd.DataFrame, item_ids: np.ndarray, window: int) -> sp.csr_matrix:
     """Symmetric counts of item pairs at most `window` positions apart in a user's sequence."""
     index = pd.Index(item_ids)
@@ -312,7 +317,43 @@ def cooccurrence_counts(train: pd.DataFrame, item_ids: np.ndarray, window: int) 
 
 
 def ppmi(counts: sp.csr_matrix, context_alpha: float) -> sp.csr_matrix:
-    """Positive PMI with context-distribution smoothing (Levy, Goldberg & Dagan 2015)."""
+    """Positive PMI with context-distribution smoothing (Levy, Goldberg & Dagan 2015).
+
+    Computed a block of rows at a time: the float temporaries of the formula then take
+    PPMI_BLOCK_ENTRIES values each, not as many as the matrix has entries (hundreds of millions on
+    a 100M-event log). Each entry gets the same float operations as on the whole matrix at once
+    (`ppmi_reference`, which tests hold it equal to)."""
+    counts = counts.tocsr()
+    counts.sum_duplicates()
+    total = counts.sum()
+    row_sum = np.asarray(counts.sum(axis=1)).ravel()
+    context = np.asarray(counts.sum(axis=0)).ravel() ** context_alpha
+    context_prob = context / context.sum()
+    indptr = counts.indptr
+    data_parts, column_parts, kept_per_row = [], [], np.zeros(counts.shape[0], dtype=np.int64)
+    first_row = 0
+    while first_row < counts.shape[0]:
+        # Rows whose entries together stay within the block (at least one row).
+        last_row = int(np.searchsorted(indptr, indptr[first_row] + PPMI_BLOCK_ENTRIES, side="right")) - 1
+        last_row = min(max(last_row, first_row + 1), counts.shape[0])
+        start, end = indptr[first_row], indptr[last_row]
+        rows = np.repeat(np.arange(first_row, last_row), np.diff(indptr[first_row:last_row + 1]))
+        columns = counts.indices[start:end]
+        pmi = np.log(counts.data[start:end] * 1.0 / total) - np.log(row_sum[rows] / total) - np.log(
+            context_prob[columns])
+        keep = pmi > 0
+        data_parts.append(pmi[keep])
+        column_parts.append(columns[keep])
+        kept_per_row[first_row:last_row] = np.bincount(rows[keep] - first_row, minlength=last_row - first_row)
+        first_row = last_row
+    out_indptr = np.concatenate([[0], np.cumsum(kept_per_row)])
+    data = np.concatenate(data_parts) if data_parts else np.zeros(0)
+    columns = np.concatenate(column_parts) if column_parts else np.zeros(0, dtype=counts.indices.dtype)
+    return sp.csr_matrix((data, columns, out_indptr), shape=counts.shape)
+
+
+def ppmi_reference(counts: sp.csr_matrix, context_alpha: float) -> sp.csr_matrix:
+    """`ppmi` on the whole matrix at once: the simple reference of the blocked version."""
     counts = counts.tocoo()
     total = counts.sum()
     row_sum = np.asarray(counts.sum(axis=1)).ravel()
