@@ -1,0 +1,53 @@
+"""bench_scale's own measuring: the tree memory sampler sees a child's allocation, and the criteria
+are computed from the per-step figures as issue 22 states them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from benchmarks.bench_scale import STEPS, TreeMemory, criteria, split_snapshot_time
+from genrec.config import load_config
+from tests.conftest import REPO
+
+GIB = 1024**3
+
+
+def test_tree_memory_sees_a_grandchild() -> None:
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import time; b = bytearray(300 * 1024 * 1024); time.sleep(2)'])")
+    with TreeMemory(os.getpid()) as memory:
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert memory.peak_rss >= 300 * 1024 * 1024 and memory.peak_processes >= 3
+
+
+def figures(seconds: float, rss: float = 1.0, users_per_second: float = 30_000.0) -> dict:
+    return {step: {"seconds": seconds, "peak_rss_gib": rss, "peak_pss_gib": rss,
+                   "materialize_users_per_second": users_per_second} for step in STEPS}
+
+
+def test_criteria_follow_the_issue() -> None:
+    sizes = {10_000_000: {"ray": figures(10.0), "pandas": figures(12.0)},
+             100_000_000: {"ray": figures(100.0, rss=7.5)}}
+    met = criteria(sizes)
+    assert met["peak_rss_within_8_gib"] and met["time_growth_within_12"] and met["ray_at_least_as_fast"]
+    assert met["time_growth"]["per_step"]["ingest"] == 10.0 and met["ray_against_pandas"]["events"] == 10_000_000
+    assert met["redis_at_least_20k_users_per_second"]
+    sizes[100_000_000]["ray"]["split"]["seconds"] = 130.0  # 13x for 10x the events
+    sizes[100_000_000]["ray"]["codebook"]["peak_rss_gib"] = 8.5
+    sizes[10_000_000]["pandas"] = figures(9.0)
+    sizes[10_000_000]["ray"]["materialise"]["materialize_users_per_second"] = 19_000
+    missed = criteria(sizes)
+    assert not missed["time_growth_within_12"] and not missed["peak_rss_within_8_gib"]
+    assert not missed["ray_at_least_as_fast"] and not missed["redis_at_least_20k_users_per_second"]
+
+
+def test_the_materialise_process_is_cut_into_snapshots_and_online_writes() -> None:
+    snapshots, online = split_snapshot_time({"seconds": 50.0, "materialize_seconds": 8.0, "users": 4})
+    assert snapshots["seconds"] == 42.0 and online["seconds"] == 8.0
+
+
+def test_the_scale_recipe_loads_strictly() -> None:
+    config = load_config(REPO / "configs" / "recipes" / "scale.yaml")
+    assert config.data.engine == "ray" and config.ray.num_cpus == 2 and config.vista.refresh == "period"
