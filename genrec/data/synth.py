@@ -248,6 +248,9 @@ def _chunk(users: np.ndarray, lengths: np.ndarray, catalogue: Catalogue, home: n
     span = elapsed[first_of_user + counts - 1]
     squeeze = np.minimum(1.0, config.max_history_days * 86_400e6 / np.maximum(span, 1))
     elapsed = np.floor(elapsed * np.repeat(squeeze, counts)).astype(np.int64)
+    # A microsecond per earlier event of the user: a gap that rounds (or is squeezed) to nothing
+    # would otherwise give two events of a user the same time, a duplicate if the item repeats.
+    elapsed += np.arange(n, dtype=np.int64) - np.repeat(first_of_user, counts)
     stamps = user_start[user] + elapsed
     table = pa.table({
         "user_id": pa.array(user_ids[user], pa.string()),

@@ -9,18 +9,24 @@ Timestamp bytes) and writes it in one pipelined round trip per batch, always: th
 snapshot is the one to serve. `tests/test_features_redis.py` holds the bytes it writes equal to
 what Feast writes, and Feast reads them back.
 
-It needs only the repo's feature_store.yaml (no registry load), so every Ray task opens one cheaply.
+It reads only the repo's feature_store.yaml, as Feast does (environment variables expanded), and does
+not import Feast for a plain Redis: importing Feast takes seconds, once in every Ray worker that
+writes. A Redis cluster or sentinel, a `glide` client, another key serialisation or versioned views
+go through Feast's own client and key functions.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from genrec.features.schema import (
     EVENT_TIMESTAMP,
@@ -31,27 +37,49 @@ from genrec.features.schema import (
     USER_SUMMARY_VIEW,
 )
 
+# Feast's defaults: entity key serialisation, and the connection string of a Redis store.
+DEFAULT_KEY_VERSION = 3
+DEFAULT_CONNECTION = "localhost:6379"
+# feast.types.Value.ValueType.STRING, the type tag of a string join key in a serialised entity key.
+STRING_VALUE_TYPE = 2
+UINT64 = (1 << 64) - 1
+
 
 class RedisSummaryWriter:
     """Writes rows of (user_id, event_timestamp, summary, summary_shape, n_items) into Redis."""
 
     def __init__(self, repo_path: str | Path, store_yaml: str = "feature_store.yaml") -> None:
-        from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+        path = Path(repo_path) / store_yaml
+        settings = yaml.safe_load(os.path.expandvars(path.read_text())) or {}
+        online = settings.get("online_store") or {}
+        if not isinstance(online, dict) or online.get("type") != "redis":
+            raise ValueError(f"{path} has no Redis online store (online_store.type: redis): write it with "
+                             "FeatureStore.write_to_online_store")
+        registry = settings.get("registry")
+        if isinstance(registry, dict) and registry.get("enable_online_feature_view_versioning"):
+            raise ValueError(f"{path} versions its online feature views, which this writer does not name: "
+                             "write it with FeatureStore.write_to_online_store")
+        self.project = str(settings["project"])
+        self.key_version = int(settings.get("entity_key_serialization_version", DEFAULT_KEY_VERSION))
+        self.ttl_seconds = online.get("key_ttl_seconds")
+        self.connection_string = str(online.get("connection_string", DEFAULT_CONNECTION))
+        plain = online.get("redis_type", "redis") == "redis" and online.get("client", "redis") == "redis"
+        self.client = self._plain_client() if plain else self._feast_client(path)
+
+    def _plain_client(self) -> Any:
+        """A redis-py client as Feast's Redis store makes it for `redis_type: redis`."""
+        import redis
+
+        nodes, params = parse_connection_string(self.connection_string)
+        return redis.Redis(host=nodes[0]["host"], port=nodes[0]["port"], **params)
+
+    @staticmethod
+    def _feast_client(path: Path) -> Any:
+        from feast.infra.online_stores.redis import RedisOnlineStore
         from feast.repo_config import load_repo_config
 
-        path = Path(repo_path)
-        self.config = load_repo_config(path, path / store_yaml)
-        online = self.config.online_store
-        if not isinstance(online, RedisOnlineStoreConfig):
-            raise ValueError(f"{path / store_yaml} has a {type(online).__name__}, not Feast's Redis online "
-                             "store: write it with FeatureStore.write_to_online_store")
-        if getattr(self.config.registry, "enable_online_feature_view_versioning", False):
-            raise ValueError(f"{path / store_yaml} versions its online feature views, which this writer "
-                             "does not name: write it with FeatureStore.write_to_online_store")
-        self.client = RedisOnlineStore()._get_client(online)
-        self.ttl_seconds = online.key_ttl_seconds
-        self.project = self.config.project
-        self.key_version = self.config.entity_key_serialization_version
+        config = load_repo_config(path.parent, path)
+        return RedisOnlineStore()._get_client(config.online_store)
 
     def write(self, frame: pd.DataFrame, batch_rows: int) -> int:
         """Writes every row (one user each); returns how many."""
@@ -83,18 +111,18 @@ class RedisSummaryWriter:
         """user id -> Redis key: Feast's `_redis_key` of the entity key {user_id: id}. For Feast's
         serialisation version 3 (its default) the bytes are put together here, the same in a tenth
         of the time; other versions go through Feast."""
-        from feast.infra.online_stores.helpers import _redis_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value, ValueType
-
         project = self.project.encode("utf-8")
-        if self.key_version != 3:
+        if self.key_version != DEFAULT_KEY_VERSION:
+            from feast.infra.online_stores.helpers import _redis_key
+            from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+            from feast.protos.feast.types.Value_pb2 import Value
+
             version = self.key_version
             return lambda user: _redis_key(
                 self.project, EntityKey(join_keys=[USER_ID], entity_values=[Value(string_val=user)]),
                 entity_key_serialization_version=version)
         name = USER_ID.encode("utf8")
-        string_type = struct.pack("<I", ValueType.STRING)
+        string_type = struct.pack("<I", STRING_VALUE_TYPE)
         head = struct.pack("<I", 1) + string_type + struct.pack("<I", len(name)) + name + string_type
 
         def key(user: str) -> bytes:
@@ -116,36 +144,57 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-# The two messages written per user in protobuf's wire format by hand (tests/test_features_redis.py
-# checks the bytes against Feast's writer): Value.bytes_val is field 1 (length-delimited);
-# Timestamp.seconds is field 1 and nanos field 2 (varints, left out when zero).
+# The messages written per user, in protobuf's wire format by hand (tests/test_features_redis.py
+# checks the bytes against Feast's writer): Value.bytes_val is field 1 (length-delimited),
+# Value.int64_val field 4 (varint, written even when zero: it is a oneof), Value.int64_list_val
+# field 14 (an Int64List whose val, field 1, is packed); Timestamp.seconds is field 1 and nanos
+# field 2 (varints, left out when zero). Negative integers are their 64-bit two's complement.
 def _bytes_value(data: bytes) -> bytes:
     return b"\x0a" + _varint(len(data)) + data
 
 
 def _int64(value: int) -> bytes:
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    return Value(int64_val=value).SerializeToString()
+    return b"\x20" + _varint(value & UINT64)
 
 
 def _int64_list(values: tuple[int, ...]) -> bytes:
-    from feast.protos.feast.types.Value_pb2 import Int64List, Value
-
-    return Value(int64_list_val=Int64List(val=list(values))).SerializeToString()
+    packed = b"".join(_varint(v & UINT64) for v in values)
+    inner = b"\x0a" + _varint(len(packed)) + packed if packed else b""
+    return b"\x72" + _varint(len(inner)) + inner
 
 
 def _timestamp(micros: int) -> bytes:
     seconds, micro = divmod(micros, 1_000_000)
-    out = b"\x08" + _varint(seconds) if seconds else b""
+    out = b"\x08" + _varint(seconds & UINT64) if seconds else b""
     return out + (b"\x10" + _varint(micro * 1000) if micro else b"")
+
+
+def parse_connection_string(connection_string: str) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Feast's reading of a Redis connection string: host:port[,host:port...][,key=value...], each
+    value JSON-decoded where it parses (RedisOnlineStore._parse_connection_string)."""
+    nodes = [dict(zip(["host", "port"], part.split(":"), strict=False))
+             for part in connection_string.split(",") if "=" not in part]
+    params: dict[str, Any] = {}
+    for part in connection_string.split(","):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            try:
+                params[key] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key] = value
+    return nodes, params
+
+
+def _mmh3(key: str) -> bytes:
+    """Feast's hash field name of a feature: murmur3 (32 bits, unsigned), little-endian bytes."""
+    import mmh3
+
+    return struct.pack("<Q", mmh3.hash(key, signed=False))[:4]
 
 
 @functools.cache
 def _field_keys() -> dict[str, Any]:
     """The hash field of each feature (Feast's murmur3 of "view:feature") and of the timestamp."""
-    from feast.infra.online_stores.helpers import _mmh3
-
     keys: dict[str, Any] = {name: _mmh3(f"{USER_SUMMARY_VIEW}:{name}")
                             for name in (SUMMARY, SUMMARY_SHAPE, N_ITEMS)}
     keys["ts"] = f"_ts:{USER_SUMMARY_VIEW}"
