@@ -308,6 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     # The child's arguments (one step).
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--train-summarizer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rerun", choices=STEPS[:3],
+                        help="run this one step again (Ray) on the artefacts kept in --folder (a copy of a "
+                             "run's splits and catalogue), against the figures of --against")
+    parser.add_argument("--against", default="benchmarks/results/scale.json",
+                        help="the full run whose figures --rerun compares with")
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--summarizer", help=argparse.SUPPRESS)
     parser.add_argument("--figures", help=argparse.SUPPRESS)
@@ -316,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.train_summarizer:
         train_sample_summarizer(config, Path(args.folder) / "splits", Path(args.summarizer))
+        return
+    if args.rerun:
+        rerun(args, config)
         return
     if args.step:
         figures = run_step(args.step, config, Path(args.folder), Path(args.summarizer))
@@ -408,6 +416,36 @@ def run_engine(engine: str, events: int, seed: int, work: Path, config_path: Pat
     results["snapshots"], results["materialise"] = split_snapshot_time(both)
     shutil.rmtree(folder, ignore_errors=True)  # the next run needs the disk
     return results
+
+
+def rerun(args: argparse.Namespace, config: GenrecConfig) -> None:
+    """One step again, on kept artefacts, beside the figures of the full run it replaces."""
+    folder, events = Path(args.folder), max(args.events)
+    before = json.loads((REPO / args.against).read_text())["figures"]["sizes"][str(events)]["ray"][args.rerun]
+    log = folder / "steps.log"
+    with engine_context("ray", config):
+        after = timed_step(args.rerun, "ray", Path(args.config).resolve(), args.set, folder,
+                           folder / "unused-summarizer.pt", log)
+
+    def chart():  # type: ignore[no-untyped-def]
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(8, 3.5))
+        labels = [f"{args.against}", "this run"]
+        time_axis.bar(labels, [before["seconds"], after["seconds"]])
+        time_axis.set_ylabel("seconds")
+        memory_axis.bar(labels, [before["peak_rss_gib"], after["peak_rss_gib"]])
+        memory_axis.axhline(MAX_PEAK_RSS_GIB, color="red", linewidth=0.8)
+        memory_axis.set_ylabel("peak RSS of the process tree (GiB)")
+        fig.suptitle(f"{args.rerun} at {events:,} events, before and after")
+        return fig
+
+    save_result(args.name, {"events": events, "step": args.rerun, "before": before, "after": after,
+                            "against": args.against, "recipe": shown_path(Path(args.config)),
+                            "config_overrides": args.set}, chart)
 
 
 def redis_client_flush(port: int) -> None:

@@ -48,3 +48,16 @@ def test_blocked_ppmi_equals_the_whole_matrix_formula(monkeypatch: pytest.Monkey
     assert np.array_equal(blocked.indices, reference.indices)
     assert np.array_equal(blocked.data, reference.data)  # bit for bit
     assert blocked.nnz > 0 or n < 10  # the tiny case may have no positive PMI at all
+
+
+def test_in_place_ppmi_equals_the_reference_and_takes_over_the_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features, "PPMI_BLOCK_ENTRIES", 500)
+    counts = random_counts(np.random.default_rng(9), 300, 20_000)
+    reference = features.ppmi_reference(counts.copy(), 0.75)
+    buffer = counts.data
+    result = features.ppmi(counts, 0.75, in_place=True)
+    result.sort_indices()
+    reference.sort_indices()
+    assert np.shares_memory(result.data, buffer)
+    assert np.array_equal(result.indptr, reference.indptr) and np.array_equal(result.indices, reference.indices)
+    assert np.array_equal(result.data, reference.data)

@@ -316,40 +316,46 @@ def cooccurrence_counts(train: pd.DataFrame, item_ids: np.ndarray, window: int) 
     return counts
 
 
-def ppmi(counts: sp.csr_matrix, context_alpha: float) -> sp.csr_matrix:
+def ppmi(counts: sp.csr_matrix, context_alpha: float, in_place: bool = False) -> sp.csr_matrix:
     """Positive PMI with context-distribution smoothing (Levy, Goldberg & Dagan 2015).
 
     Computed a block of rows at a time: the float temporaries of the formula then take
     PPMI_BLOCK_ENTRIES values each, not as many as the matrix has entries (hundreds of millions on
     a 100M-event log). Each entry gets the same float operations as on the whole matrix at once
-    (`ppmi_reference`, which tests hold it equal to)."""
+    (`ppmi_reference`, which tests hold it equal to). With `in_place`, the result takes over the
+    buffers of `counts` (which must be float64 CSR, and is spent afterwards): the largest matrix of
+    the codebook step then exists once."""
     counts = counts.tocsr()
     counts.sum_duplicates()
-    total = counts.sum()
+    if not in_place:
+        counts = counts.copy()
+    data = counts.data if counts.data.dtype == np.float64 else counts.data.astype(np.float64)
+    indices, indptr, size = counts.indices, counts.indptr, counts.shape[0]
+    total = data.sum()
     row_sum = np.asarray(counts.sum(axis=1)).ravel()
     context = np.asarray(counts.sum(axis=0)).ravel() ** context_alpha
     context_prob = context / context.sum()
-    indptr = counts.indptr
-    data_parts, column_parts, kept_per_row = [], [], np.zeros(counts.shape[0], dtype=np.int64)
-    first_row = 0
-    while first_row < counts.shape[0]:
+    kept_per_row = np.zeros(size, dtype=np.int64)
+    written, first_row = 0, 0
+    while first_row < size:
         # Rows whose entries together stay within the block (at least one row).
         last_row = int(np.searchsorted(indptr, indptr[first_row] + PPMI_BLOCK_ENTRIES, side="right")) - 1
-        last_row = min(max(last_row, first_row + 1), counts.shape[0])
+        last_row = min(max(last_row, first_row + 1), size)
         start, end = indptr[first_row], indptr[last_row]
         rows = np.repeat(np.arange(first_row, last_row), np.diff(indptr[first_row:last_row + 1]))
-        columns = counts.indices[start:end]
-        pmi = np.log(counts.data[start:end] * 1.0 / total) - np.log(row_sum[rows] / total) - np.log(
+        columns = indices[start:end]
+        pmi = np.log(data[start:end] * 1.0 / total) - np.log(row_sum[rows] / total) - np.log(
             context_prob[columns])
         keep = pmi > 0
-        data_parts.append(pmi[keep])
-        column_parts.append(columns[keep])
+        kept = int(keep.sum())
+        # Entries only ever move towards the front (written <= start), over entries already read.
+        data[written:written + kept] = pmi[keep]
+        indices[written:written + kept] = columns[keep]
         kept_per_row[first_row:last_row] = np.bincount(rows[keep] - first_row, minlength=last_row - first_row)
+        written += kept
         first_row = last_row
-    out_indptr = np.concatenate([[0], np.cumsum(kept_per_row)])
-    data = np.concatenate(data_parts) if data_parts else np.zeros(0)
-    columns = np.concatenate(column_parts) if column_parts else np.zeros(0, dtype=counts.indices.dtype)
-    return sp.csr_matrix((data, columns, out_indptr), shape=counts.shape)
+    out_indptr = np.concatenate([[0], np.cumsum(kept_per_row)]).astype(indptr.dtype)
+    return sp.csr_matrix((data[:written], indices[:written], out_indptr), shape=counts.shape, copy=False)
 
 
 def ppmi_reference(counts: sp.csr_matrix, context_alpha: float) -> sp.csr_matrix:
@@ -369,15 +375,17 @@ def collaborative_features(interactions: pd.DataFrame | None, item_ids: np.ndarr
                            counts: sp.csr_matrix | None = None) -> np.ndarray | None:
     """PPMI + truncated SVD item vectors from training sequences; zero rows for unseen items.
     `counts`: the co-occurrence counts when already made (bucket by bucket on Ray), else they are
-    counted from `interactions`."""
+    counted from `interactions`. Given counts are spent: the PPMI is computed in their buffers."""
     if counts is None:
         if interactions is None:
             raise ValueError("collaborative features need the interactions or their co-occurrence counts")
         counts = cooccurrence_counts(training_sequences(interactions), item_ids, config.collab_window)
-    counts = counts.tocsr().sorted_indices()
+    counts = counts.tocsr()
+    counts.sort_indices()  # in place: a copy would double the largest matrix of the step
     if counts.nnz == 0:
         return None
-    matrix = ppmi(counts, config.collab_context_alpha)
+    # The counts are not needed after this: the PPMI takes over their buffers.
+    matrix = ppmi(counts, config.collab_context_alpha, in_place=True)
     rank = min(config.collab_dim, min(matrix.shape) - 1)
     if matrix.nnz == 0 or rank < 1:
         return None
