@@ -71,7 +71,7 @@ class RedisSummaryWriter:
         import redis
 
         nodes, params = parse_connection_string(self.connection_string)
-        return redis.Redis(host=nodes[0]["host"], port=nodes[0]["port"], **params)
+        return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
 
     @staticmethod
     def _feast_client(path: Path) -> Any:
