@@ -109,36 +109,32 @@ def test_the_embedded_ray_refuses_a_client_without_its_token() -> None:
     assert result == {"no token": False, "wrong token": False, "the token": True}
 
 
-def test_an_unreachable_cluster_fails_fast_and_names_its_address() -> None:
-    started = time.perf_counter()
-    result = run_python("""
+def refusal_opening(address: str) -> str | None:
+    """RayUnavailable's message when a session is opened at `address` (None: it opened)."""
+    result = run_python(f"""
         import json
         from genrec.config import RayConfig
         from genrec.distributed import RaySession, RayUnavailable
         try:
-            with RaySession.open(RayConfig(address="127.0.0.1:9", connect_timeout_seconds=2)):
+            with RaySession.open(RayConfig(address={address!r}, connect_timeout_seconds=2)):
                 message = None
         except RayUnavailable as exc:
             message = str(exc)
-        print(json.dumps({"message": message}))
+        print(json.dumps({{"message": message}}))
     """)
-    assert result["message"] and "127.0.0.1:9" in result["message"]
+    return result["message"]
+
+
+def test_an_unreachable_cluster_fails_fast_and_names_its_address() -> None:
+    started = time.perf_counter()
+    message = refusal_opening("127.0.0.1:9")
+    assert message and "127.0.0.1:9" in message
     assert time.perf_counter() - started < 60
 
 
 def test_a_remote_cluster_needs_the_shared_folder() -> None:
-    result = run_python("""
-        import json
-        from genrec.config import RayConfig
-        from genrec.distributed import RaySession, RayUnavailable
-        try:
-            with RaySession.open(RayConfig(address="ray://192.0.2.77:10001", connect_timeout_seconds=2)):
-                message = None
-        except RayUnavailable as exc:
-            message = str(exc)
-        print(json.dumps({"message": message}))
-    """, env={"GENREC_RAY_ADDRESS": ""})
-    assert result["message"] and "ray.shared_dir" in result["message"]
+    message = refusal_opening("ray://192.0.2.77:10001")
+    assert message and "ray.shared_dir" in message
 
 
 @pytest.mark.parametrize(("override", "field"), [

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from genrec.features import materialize_user_summaries, online_summaries
+from genrec.features.materialize import SummaryMaterialization
 from genrec.vista.snapshot import latest_snapshots
 from genrec.vista.train import train_summarizer
 from testbed.redis import running_redis
@@ -22,15 +23,20 @@ def redis_port(tmp_path: Path) -> Iterator[int]:
         yield redis.port
 
 
-@pytest.mark.integration
-def test_redis_online_store_round_trip(redis_port: int, tmp_path: Path) -> None:
+def materialized_into_redis(redis_port: int, tmp_path: Path) -> SummaryMaterialization:
+    """A run's summaries materialised into the Redis on `redis_port`."""
     cfg = tiny_config()
     cfg.features.online_store = "redis"
     cfg.features.redis_connection_string = f"127.0.0.1:{redis_port}"
     log = tied_log()
     model_path = tmp_path / "summarizer.pt"
     train_summarizer(log, cfg).summarizer.save(model_path)
-    result = materialize_user_summaries(cfg, log, model_path, tmp_path / "repo")
+    return materialize_user_summaries(cfg, log, model_path, tmp_path / "repo")
+
+
+@pytest.mark.integration
+def test_redis_online_store_round_trip(redis_port: int, tmp_path: Path) -> None:
+    result = materialized_into_redis(redis_port, tmp_path)
 
     settings = yaml.safe_load((result.repo.path / "feature_store.yaml").read_text())
     assert settings["online_store"] == {"type": "redis", "connection_string": f"127.0.0.1:{redis_port}"}
@@ -52,13 +58,7 @@ def test_the_fast_redis_writer_writes_what_feast_writes(redis_port: int, tmp_pat
     from genrec.features.redis_writer import RedisSummaryWriter
     from genrec.features.schema import USER_SUMMARY_VIEW
 
-    cfg = tiny_config()
-    cfg.features.online_store = "redis"
-    cfg.features.redis_connection_string = f"127.0.0.1:{redis_port}"
-    log = tied_log()
-    model_path = tmp_path / "summarizer.pt"
-    train_summarizer(log, cfg).summarizer.save(model_path)
-    result = materialize_user_summaries(cfg, log, model_path, tmp_path / "repo")
+    result = materialized_into_redis(redis_port, tmp_path)
     latest = latest_snapshots(result.snapshots).reset_index(drop=True)
     client = redis.Redis(host="127.0.0.1", port=redis_port)
 
