@@ -183,6 +183,9 @@ class SidConfig:
     collab_svd_power: float = 0.5
     # Power iterations of the randomised SVDs.
     svd_iters: int = 7
+    # Threads for the sparse products of the collaborative SVD (scipy's kernels release the GIL);
+    # 0 takes every CPU the process may run on. The result is the same for any number.
+    svd_threads: int = 0
     # RQ-VAE (quantizer="rq_vae"): a small MLP auto-encoder with a residual codebook.
     rqvae_hidden_dim: int = 256
     rqvae_latent_dim: int = 32
@@ -970,6 +973,8 @@ class GenrecConfig:
         for name in positive:
             if getattr(sid, name) < 1:
                 raise ConfigError(f"sid.{name} must be at least 1")
+        if sid.svd_threads < 0:
+            raise ConfigError("sid.svd_threads must be 0 (every CPU this process may use) or more")
         if sid.rqvae_threads < 0:
             raise ConfigError("sid.rqvae_threads must be 0 (torch's default) or more")
         if sid.rqvae_lr <= 0 or sid.rqvae_commitment < 0 or sid.collab_context_alpha <= 0:

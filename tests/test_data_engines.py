@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import genrec.sid.cooccurrence as cooccurrence
 from genrec.config import GenrecConfig, RayConfig, SynthConfig
 from genrec.data.ingest import IngestOutcome
 from genrec.data.ingest_step import ingest_to_artefacts
@@ -131,7 +132,9 @@ def train_tiny_summarizer(config: GenrecConfig, splits: Path, path: Path) -> Pat
     return path
 
 
-def test_movielens_parity(tmp_path: Path) -> None:
+def test_movielens_parity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Every chunk of rows its own reduce task: MovieLens' 1,682 items make two row blocks.
+    monkeypatch.setattr(cooccurrence, "REDUCE_BLOCK_ENTRIES", 1)
     config = tiny_config()
     config.vista.epochs = 1
     # Buckets of ~30k rows: MovieLens' 100k interactions span four, the ingest reads in three parts.

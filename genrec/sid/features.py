@@ -32,6 +32,7 @@ from sklearn.utils.extmath import randomized_svd
 from genrec.config import SidConfig
 from genrec.data.schema import SPLIT_COLUMN
 from genrec.io import atomic_path
+from genrec.sid import sparse_svd
 
 # Maps a batch of texts to an (n, dim) float32 array. The default loads the packaged MiniLM; tests
 # inject a cheap stand-in.
@@ -389,7 +390,9 @@ def collaborative_features(interactions: pd.DataFrame | None, item_ids: np.ndarr
     rank = min(config.collab_dim, min(matrix.shape) - 1)
     if matrix.nnz == 0 or rank < 1:
         return None
-    u, s, _ = randomized_svd(matrix, n_components=rank, n_iter=config.svd_iters, random_state=config.seed)
+    # scikit-learn's randomized_svd to the bit, with the products tiled to the cache and threaded:
+    # the plain products slow down per entry as the catalogue outgrows the cache.
+    u, s = sparse_svd.randomized_svd(matrix, rank, config.svd_iters, config.seed, config.svd_threads)
     return u * s**config.collab_svd_power
 
 
