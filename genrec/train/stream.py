@@ -1,0 +1,208 @@
+"""Training examples as a stream from the partitioned splits artefact, sharded by rank and by loader
+worker, in a fixed order per (seed, epoch) that a resumed run repeats.
+
+A user's rows sit in one bucket, and a training example needs only its user's earlier rows, so a
+bucket's examples are built from that bucket alone (`training_examples` on it): memory holds one
+bucket per loader worker, whatever the size of the log.
+
+- **Plan** (`StreamPlan.of_splits`, once per run): each bucket's example count, and the sum of the
+  examples' transformed values (the VSL weights are divided by their mean over every example).
+- **Shards.** A run has `world` ranks of `workers` loader workers: `world * workers` shards. Every
+  epoch, the buckets (in an order drawn from (seed, epoch)) are dealt to shards, each bucket to the
+  shard with the fewest examples so far, so each example belongs to exactly one shard.
+- **Order within a shard.** Its buckets in that order; each bucket's examples shuffled by (seed,
+  epoch, bucket); cut into batches of `batch_size`, a batch running on into the next bucket.
+- **Lockstep.** DDP steps all ranks together, so every shard yields the same number of batches per
+  epoch, `batches_per_shard` (the smallest shard's full batches); the rest of each shard is left out
+  of that epoch (`StreamPlan.left_out`), as `drop_last` would. A rank's DataLoader takes its workers'
+  batches in turn, so rank batch j is worker j % workers' batch j // workers.
+- **Resume.** Starting at rank batch k, worker w skips its first k // workers (+1 if w < k % workers)
+  batches: whole buckets are skipped from the plan's counts, unread.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrec.data.partitioned import read_bucket, read_partitioning
+from genrec.progress import LineProgress
+from genrec.train.data import ExampleSet, training_examples, transform_values
+
+# progress(done, total)
+Progress = Callable[[int, int], None]
+# The columns an example is built from.
+COLUMNS = ["user_id", "item_id", "timestamp", "value", "split"]
+
+
+@dataclass(frozen=True)
+class ExampleRecipe:
+    """How a bucket's examples are made (the arguments of `training_examples`)."""
+
+    item_ids: np.ndarray
+    recent_items: int
+    max_per_user: int = 0
+    skip_latest: int = 0
+
+    def examples(self, splits: str | Path, bucket: int) -> ExampleSet:
+        return training_examples(read_bucket(splits, bucket, COLUMNS), self.item_ids, self.recent_items,
+                                 self.max_per_user, self.skip_latest)
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Per bucket of the splits artefact: how many training examples it gives, and the sum of their
+    transformed values."""
+
+    splits: str
+    examples: tuple[int, ...]
+    value_sum: float
+    value_transform: str
+
+    @classmethod
+    def of_splits(cls, splits: str | Path, recipe: ExampleRecipe, value_transform: str,
+                  progress: Progress | None = None) -> StreamPlan:
+        buckets = read_partitioning(splits).buckets
+        progress = progress or LineProgress("training examples: counting per bucket")
+        counts, value_sum = [], 0.0
+        for bucket in range(buckets):
+            examples = recipe.examples(splits, bucket)
+            counts.append(len(examples))
+            value_sum += float(transform_values(examples.values, value_transform).sum())
+            progress(bucket + 1, buckets)
+        return cls(str(splits), tuple(counts), value_sum, value_transform)
+
+    @property
+    def total(self) -> int:
+        return sum(self.examples)
+
+    @property
+    def value_mean(self) -> float:
+        return self.value_sum / self.total if self.total else 0.0
+
+    def shards(self, seed: int, epoch: int, shards: int) -> list[list[int]]:
+        """The buckets of each shard for an epoch, in the order the shard reads them."""
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.examples))
+        dealt: list[list[int]] = [[] for _ in range(shards)]
+        # (examples so far, shard): the emptiest shard takes the next bucket; ties go to the lowest shard.
+        heap = [(0, shard) for shard in range(shards)]
+        for bucket in order:
+            if not self.examples[bucket]:
+                continue
+            load, shard = heapq.heappop(heap)
+            dealt[shard].append(int(bucket))
+            heapq.heappush(heap, (load + self.examples[bucket], shard))
+        return dealt
+
+    def batches_per_shard(self, seed: int, epoch: int, shards: int, batch_size: int) -> int:
+        return min(sum(self.examples[b] for b in buckets) for buckets in self.shards(seed, epoch, shards)) \
+            // batch_size
+
+    def left_out(self, seed: int, epoch: int, shards: int, batch_size: int) -> int:
+        """Examples no shard yields in this epoch (lockstep: every shard stops at the same count)."""
+        return self.total - shards * self.batches_per_shard(seed, epoch, shards, batch_size) * batch_size
+
+
+class ExampleStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """One rank's batches for one epoch (use with `DataLoader(stream, batch_size=None,
+    num_workers=workers)`; `workers` must match). Yields `ExampleSet`s of `batch_size` examples.
+    `lockstep=False` (scoring, where ranks need not step together) yields every example of the
+    rank's shards, the last batch of each shard short."""
+
+    def __init__(self, plan: StreamPlan, recipe: ExampleRecipe, batch_size: int, seed: int, epoch: int,
+                 rank: int = 0, world: int = 1, workers: int = 0, start_batch: int = 0,
+                 lockstep: bool = True) -> None:
+        if batch_size < 1 or not 0 <= rank < world or workers < 0 or start_batch < 0:
+            raise ValueError("ExampleStream needs batch_size >= 1, 0 <= rank < world, workers >= 0 "
+                             "and start_batch >= 0")
+        self.plan, self.recipe = plan, recipe
+        self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
+        self.rank, self.world, self.workers, self.start_batch = rank, world, workers, start_batch
+        self.lockstep = lockstep
+
+    @property
+    def shard_count(self) -> int:
+        return self.world * max(1, self.workers)
+
+    def __len__(self) -> int:
+        """This rank's batches in the epoch, from start_batch on (lockstep)."""
+        if not self.lockstep:
+            raise TypeError("a stream without lockstep has no length known in advance")
+        per_rank = self.plan.batches_per_shard(self.seed, self.epoch, self.shard_count, self.batch_size) \
+            * max(1, self.workers)
+        return max(0, per_rank - self.start_batch)
+
+    def __iter__(self) -> Iterator[ExampleSet]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers != max(1, self.workers):
+            raise RuntimeError(f"ExampleStream was made for {self.workers} loader workers, "
+                               f"the DataLoader runs {workers}: give both the same number")
+        yield from self.worker_batches(worker)
+
+    def worker_batches(self, loader_worker: int) -> Iterator[ExampleSet]:
+        """What loader worker `loader_worker` of this rank yields. A DataLoader always asks its
+        worker 0 first, so on a resume at rank batch k the workers' roles turn by k: worker i reads
+        shard role (i + k) % workers, and the rank's batches come out in the uninterrupted order."""
+        workers = max(1, self.workers)
+        role = (loader_worker + self.start_batch) % workers
+        skip = self.start_batch // workers + (1 if role < self.start_batch % workers else 0)
+        yield from self.shard_batches(self.rank * workers + role, skip)
+
+    def shard_batches(self, shard: int, skip: int = 0) -> Iterator[ExampleSet]:
+        """Shard `shard`'s batches of the epoch, the first `skip` left out."""
+        count = (self.plan.batches_per_shard(self.seed, self.epoch, self.shard_count, self.batch_size)
+                 if self.lockstep else np.inf)
+        buckets = self.plan.shards(self.seed, self.epoch, self.shard_count)[shard]
+        skip_examples = skip * self.batch_size
+        pending: list[ExampleSet] = []
+        pending_size, made = 0, skip
+        for bucket in buckets:
+            if made >= count:
+                return
+            size = self.plan.examples[bucket]
+            if skip_examples >= size:  # a bucket wholly before the resume point is never read
+                skip_examples -= size
+                continue
+            examples = self.recipe.examples(self.plan.splits, bucket)
+            if len(examples) != size:
+                raise RuntimeError(f"bucket {bucket} of {self.plan.splits} gives {len(examples)} examples, "
+                                   f"its plan says {size}: the splits changed since the plan was made")
+            order = np.random.default_rng([self.seed, self.epoch, bucket]).permutation(size)[skip_examples:]
+            skip_examples = 0
+            pending.append(examples.subset(order))
+            pending_size += len(order)
+            while pending_size >= self.batch_size and made < count:
+                batch, pending = take(pending, self.batch_size)
+                pending_size -= self.batch_size
+                made += 1
+                yield batch
+        if not self.lockstep and pending_size:
+            yield concat(pending)
+
+
+def take(parts: list[ExampleSet], size: int) -> tuple[ExampleSet, list[ExampleSet]]:
+    """The first `size` examples of `parts` (in order) as one set, and what remains."""
+    taken, rest, need = [], list(parts), size
+    while need:
+        head = rest.pop(0)
+        if len(head) <= need:
+            taken.append(head)
+            need -= len(head)
+        else:
+            taken.append(head.subset(np.arange(need)))
+            rest.insert(0, head.subset(np.arange(need, len(head))))
+            need = 0
+    return concat(taken), rest
+
+
+def concat(parts: list[ExampleSet]) -> ExampleSet:
+    if len(parts) == 1:
+        return parts[0]
+    return ExampleSet(*(np.concatenate([getattr(p, name) for p in parts])
+                        for name in ("recent", "lengths", "targets", "values", "users", "cutoffs")))

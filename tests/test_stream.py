@@ -1,0 +1,132 @@
+"""Training examples streamed from the partitioned splits: each example exactly once per epoch across
+ranks and loader workers (the DataLoader's own worker processes included), the same order again on
+a resume, and the same examples as the in-memory builder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from genrec.data.partitioned import read_all, write_partitioned
+from genrec.train.data import training_examples
+from genrec.train.stream import ExampleRecipe, ExampleStream, StreamPlan
+
+BATCH = 7
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Users of every length (one of 300 rows), in six buckets; each user's last two rows held out."""
+    rng = np.random.default_rng(5)
+    lengths = np.r_[rng.integers(1, 30, 70), 300]
+    users = np.repeat(np.arange(len(lengths)).astype(str), lengths)
+    position = np.concatenate([np.arange(n) for n in lengths])
+    from_end = np.concatenate([np.arange(n)[::-1] for n in lengths])
+    frame = pd.DataFrame({
+        "user_id": users, "item_id": rng.integers(0, 90, len(users)).astype(str),
+        "timestamp": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(position, unit="s"),
+        "value": rng.random(len(users)),
+        "split": np.where(from_end == 0, "test", np.where(from_end == 1, "valid", "train"))})
+    folder = tmp_path_factory.mktemp("stream") / "splits"
+    folder.mkdir()
+    write_partitioned(frame, folder, 6)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def recipe() -> ExampleRecipe:
+    return ExampleRecipe(np.array(sorted(map(str, range(85))), dtype=object), recent_items=4)  # 5 items unknown
+
+
+@pytest.fixture(scope="module")
+def plan(splits: Path, recipe: ExampleRecipe) -> StreamPlan:
+    return StreamPlan.of_splits(splits, recipe, "log1p", progress=lambda done, total: None)
+
+
+def keys(batch) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    return list(zip(batch.users.tolist(), batch.cutoffs.astype(np.int64).tolist(), strict=True))
+
+
+def test_the_plan_counts_what_the_in_memory_builder_makes(splits: Path, recipe: ExampleRecipe,
+                                                          plan: StreamPlan) -> None:
+    whole = training_examples(read_all(splits), recipe.item_ids, recipe.recent_items)
+    assert plan.total == len(whole) and len(plan.examples) == 6
+    assert plan.value_mean == pytest.approx(np.log1p(whole.values).mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize(("world", "workers"), [(1, 0), (1, 3), (2, 2), (3, 1)])
+def test_every_example_exactly_once_per_epoch(splits: Path, recipe: ExampleRecipe, plan: StreamPlan,
+                                              world: int, workers: int) -> None:
+    whole = training_examples(read_all(splits), recipe.item_ids, recipe.recent_items)
+    expected = sorted(keys(whole))
+    for epoch in (0, 1):
+        # without lockstep (scoring): all of them
+        seen = [key for rank in range(world)
+                for shard in range(rank * max(1, workers), (rank + 1) * max(1, workers))
+                for batch in ExampleStream(plan, recipe, BATCH, 3, epoch, rank, world, workers,
+                                           lockstep=False).shard_batches(shard)
+                for key in keys(batch)]
+        assert sorted(seen) == expected
+        # lockstep (training): no example twice, every rank the same number of full batches
+        per_rank = [[keys(b) for b in shard_stream(plan, recipe, epoch, rank, world, workers)]
+                    for rank in range(world)]
+        assert all(len(batches) == len(per_rank[0]) > 0 for batches in per_rank)
+        assert all(len(batch) == BATCH for batches in per_rank for batch in batches)
+        flat = [key for batches in per_rank for batch in batches for key in batch]
+        assert len(flat) == len(set(flat)) == plan.total - plan.left_out(3, epoch, world * max(1, workers), BATCH)
+        assert set(flat) <= set(expected)
+        assert len(ExampleStream(plan, recipe, BATCH, 3, epoch, 0, world, workers)) == len(per_rank[0])
+
+
+def shard_stream(plan: StreamPlan, recipe: ExampleRecipe, epoch: int, rank: int, world: int, workers: int,
+                 start: int = 0) -> list:  # type: ignore[type-arg]
+    """One rank's batches as its DataLoader gives them (its workers in turn), in this process."""
+    stream = ExampleStream(plan, recipe, BATCH, 3, epoch, rank, world, workers, start)
+    count = max(1, workers)
+    per_worker = [list(stream.worker_batches(w)) for w in range(count)]
+    out = []
+    for j in range(max(len(b) for b in per_worker)):
+        for w in range(count):
+            if j < len(per_worker[w]):
+                out.append(per_worker[w][j])
+    return out
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_the_dataloaders_worker_processes_give_the_rank_stream(plan: StreamPlan, recipe: ExampleRecipe,
+                                                               start: int) -> None:
+    stream = ExampleStream(plan, recipe, BATCH, 3, 0, rank=1, world=2, workers=2, start_batch=start)
+    loaded = [keys(b) for b in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2,
+                                                            collate_fn=lambda batch: batch)]
+    assert loaded == [keys(b) for b in shard_stream(plan, recipe, 0, 1, 2, 2)][start:]
+
+
+@pytest.mark.parametrize("start", [0, 1, 5, 12])
+def test_a_resume_gives_the_rest_of_the_same_order(plan: StreamPlan, recipe: ExampleRecipe, start: int) -> None:
+    for workers in (0, 2):
+        whole = [keys(b) for b in shard_stream(plan, recipe, 1, 0, 2, workers)]
+        resumed = [keys(b) for b in shard_stream(plan, recipe, 1, 0, 2, workers, start)]
+        assert resumed == whole[start:]
+        assert len(ExampleStream(plan, recipe, BATCH, 3, 1, 0, 2, workers, start)) == len(whole[start:])
+
+
+def test_epochs_and_seeds_change_the_order_and_the_same_ones_repeat_it(plan: StreamPlan,
+                                                                       recipe: ExampleRecipe) -> None:
+    first = [keys(b) for b in shard_stream(plan, recipe, 0, 0, 1, 0)]
+    assert first == [keys(b) for b in shard_stream(plan, recipe, 0, 0, 1, 0)]
+    assert first != [keys(b) for b in shard_stream(plan, recipe, 1, 0, 1, 0)]
+
+
+def test_a_changed_bucket_and_a_wrong_worker_count_are_errors(splits: Path, recipe: ExampleRecipe,
+                                                              plan: StreamPlan) -> None:
+    stale = StreamPlan(plan.splits, tuple(n + 1 for n in plan.examples), plan.value_sum, plan.value_transform)
+    with pytest.raises(RuntimeError, match="splits changed since the plan"):
+        list(ExampleStream(stale, recipe, BATCH, 3, 0).shard_batches(0))
+    with pytest.raises(RuntimeError, match="loader workers"):
+        list(ExampleStream(plan, recipe, BATCH, 3, 0, workers=2))
+    with pytest.raises(ValueError, match="rank < world"):
+        ExampleStream(plan, recipe, BATCH, 3, 0, rank=2, world=2)
