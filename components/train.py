@@ -36,9 +36,10 @@ def train_generator(
 
     cfg = GenrecConfig.from_dict(config)
     work_dir = Path(cfg.train.checkpoint_dir or f"{model.path}.checkpoints")
-    frame = read_parquet(splits.path)
-    provider = summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None, frame,
-                                    TRAINING_TARGETS)
+    # A streamed run never holds the splits: they are read a bucket at a time by the trainer.
+    frame = read_parquet(splits.path) if cfg.train.examples == "memory" else None
+    provider = (summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None, frame,
+                                     TRAINING_TARGETS) if frame is not None else None)
     if cfg.train.processes > 1:
         if provider is not None:
             raise ValueError("summary tokens with train.processes > 1 are not wired yet: use one process")
@@ -51,7 +52,8 @@ def train_generator(
                             "--codebook", codebook.path, "--work-dir", str(work_dir),
                             "--model-dir", model.path], check=True)
     else:
-        run_training(cfg, frame, Codebook.load(codebook.path), work_dir, model.path,
+        run_training(cfg, frame if frame is not None else splits.path, Codebook.load(codebook.path),
+                     work_dir, model.path,
                      summaries=provider, log=lambda line: print(line, flush=True))
     trained = load_model(model.path)
     record = trained.manifest["training"]

@@ -260,6 +260,12 @@ class TrainConfig:
     # Where checkpoints live; a rerun with the same folder resumes. Empty: beside the model output
     # (a cluster retry resumes only if this names persistent storage).
     checkpoint_dir: str = ""
+    # Where the training examples come from: "memory" builds them all up front from the splits
+    # (small data, and every committed recipe); "stream" reads the partitioned splits a bucket at a
+    # time per loader worker, so memory stays flat whatever the size of the log (genrec.train.stream).
+    examples: Literal["memory", "stream"] = "memory"
+    # DataLoader worker processes that build streamed batches (0: in the training process).
+    loader_workers: int = 0
     # Torch intra-op threads per process; 0 keeps torch's default.
     threads: int = 0
     # Processes for data-parallel training (torchrun / DDP; gloo on CPU, NCCL on GPU).
@@ -958,6 +964,8 @@ class GenrecConfig:
                train.value_head_weight) < 0:
             raise ConfigError("train.threads, valid_users, max_examples_per_user, skip_latest and "
                               "value_head_weight must be >= 0")
+        if train.loader_workers < 0:
+            raise ConfigError("train.loader_workers must be 0 (batches built in the trainer) or more")
 
     def _check_sid(self) -> None:
         sid = self.sid

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import pandas as pd
-
 from genrec.config import load_config
 from genrec.sid.codebook import Codebook
 from genrec.train.run import run_training
@@ -16,14 +14,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genrec.train", description=__doc__)
     parser.add_argument("--config", help="YAML or JSON config file (defaults when absent)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--splits", required=True, help="leave-one-out splits parquet")
+    parser.add_argument("--splits", required=True, help="splits: parquet file or partitioned folder")
     parser.add_argument("--codebook", required=True, help="codebook folder (genrec.sid)")
     parser.add_argument("--work-dir", required=True, help="checkpoints go here; a rerun resumes")
     parser.add_argument("--model-dir", help="the model folder to write at the end")
     parser.add_argument("--stop-after-steps", type=int, help="stop as if killed after this step")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
-    run_training(config, pd.read_parquet(args.splits), Codebook.load(args.codebook), args.work_dir,
+    run_training(config, args.splits, Codebook.load(args.codebook), args.work_dir,
                  args.model_dir, stop_after_steps=args.stop_after_steps,
                  log=lambda line: print(line, flush=True))
     return 0

@@ -125,13 +125,16 @@ def transform_values(values: np.ndarray, transform: str) -> np.ndarray:
 def example_weights(values: np.ndarray, transform: str, reference: np.ndarray | None = None) -> np.ndarray:
     """VSL weights: transform(value) divided by its mean over `reference` (the training examples),
     so the average weight is 1 and the learning rate means the same with VSL on or off."""
-    def apply(v: np.ndarray) -> np.ndarray:
-        return transform_values(v, transform)
+    mean = transform_values(values if reference is None else reference, transform).mean()
+    return weights_over_mean(values, transform, mean)
 
-    mean = apply(values if reference is None else reference).mean()
+
+def weights_over_mean(values: np.ndarray, transform: str, mean: float) -> np.ndarray:
+    """transform(value) / mean: `example_weights` with the mean already known (a streamed run knows
+    it from its plan); all ones where the mean is not a positive number."""
     if not np.isfinite(mean) or mean <= 0:
         return np.ones(len(values))
-    return apply(values) / mean
+    return transform_values(values, transform) / mean
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,10 @@ from genrec.train.data import (
     example_weights,
     make_batch,
     training_examples,
+    weights_over_mean,
 )
 from genrec.train.distributed import Distributed
+from genrec.train.stream import ExampleRecipe, StreamedExamples, StreamPlan, sampled_requests
 from genrec.train.summaries import SummaryProvider
 
 # Adam's second-moment decay: 0.98 (as in most transformer recipes) follows the fast early changes
@@ -47,11 +49,12 @@ ADAM_BETAS = (0.9, 0.98)
 
 @dataclass
 class TrainingData:
-    """Everything a run reads: the codebook's items and IDs, the examples and the validation users."""
+    """Everything a run reads: the codebook's items and IDs, the examples (in memory, or streamed
+    from the partitioned splits) and the validation users."""
 
     item_ids: np.ndarray
     space: SidSpace
-    train: ExampleSet
+    train: ExampleSet | StreamedExamples
     valid: ExampleSet
     summaries: SummaryProvider | None = None
 
@@ -68,6 +71,60 @@ class TrainingData:
                    training_examples(splits, item_ids, recent, config.train.max_examples_per_user,
                                      config.train.skip_latest), valid,
                    summaries)
+
+    @classmethod
+    def streamed(cls, splits: str | Path, item_ids: np.ndarray, codes: np.ndarray, level_sizes: list[int],
+                 config: GenrecConfig) -> TrainingData:
+        """The examples of the partitioned `splits` as a stream (`train.examples: stream`): one pass
+        counts them per bucket, and validation takes a seeded sample of users from every bucket;
+        nothing holds the log."""
+        train = config.train
+        recipe = ExampleRecipe(np.asarray(item_ids).astype(object), config.model.recent_items,
+                               train.max_examples_per_user, train.skip_latest)
+        plan = StreamPlan.of_splits(splits, recipe, train.value_transform)
+        valid = sampled_requests(splits, recipe, "valid", train.valid_users, train.seed)
+        return cls(np.asarray(item_ids), SidSpace(list(level_sizes), np.asarray(codes, dtype=np.int64)),
+                   StreamedExamples(plan, recipe, train.batch_size, train.seed, train.loader_workers), valid)
+
+
+class InMemoryBatches:
+    """The batches of an in-memory `ExampleSet`: `batch_order` of its indices, with each example's
+    VSL weight and value target computed once over all of them."""
+
+    def __init__(self, examples: ExampleSet, config: GenrecConfig, rank: int, world: int) -> None:
+        self.examples, self.config, self.rank, self.world = examples, config, rank, world
+        train = config.train
+        self.weights = (example_weights(examples.values, train.value_transform) if train.vsl
+                        else np.ones(len(examples)))
+        self.value_targets = example_weights(examples.values, train.value_transform)
+
+    def order(self, epoch: int) -> list[np.ndarray]:
+        train = self.config.train
+        return batch_order(self.examples.lengths, train.batch_size, train.seed, epoch, train.group_by_length,
+                           self.rank, self.world)
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        return len(self.order(epoch))
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[ExampleSet, np.ndarray, np.ndarray]]:
+        for index in self.order(epoch)[start:]:
+            yield self.examples.subset(index), self.weights[index], self.value_targets[index]
+
+
+class StreamedBatches:
+    """The batches of a `StreamedExamples` for this rank, weights from the plan's value mean."""
+
+    def __init__(self, examples: StreamedExamples, config: GenrecConfig, rank: int, world: int) -> None:
+        self.examples, self.config = examples.for_rank(rank, world), config
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        return self.examples.batches_in_epoch(epoch)
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[ExampleSet, np.ndarray, np.ndarray]]:
+        train, mean = self.config.train, self.examples.plan.value_mean
+        for batch in self.examples.batches(epoch, start):
+            value_targets = weights_over_mean(batch.values, train.value_transform, mean)
+            yield batch, value_targets if train.vsl else np.ones(len(batch)), value_targets
 
 
 @dataclass
@@ -148,19 +205,17 @@ class Trainer:
             [{"params": decay, "weight_decay": train.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],
             lr=train.lr, betas=ADAM_BETAS)
-        self.batches_per_epoch = len(self._batches(0))
-        self.total_steps = train.epochs * self.batches_per_epoch
+        self.source: InMemoryBatches | StreamedBatches
+        if isinstance(data.train, ExampleSet):
+            self.source = InMemoryBatches(data.train, config, self.dist.rank, self.dist.world)
+            self.weights = self.source.weights
+        else:
+            self.source = StreamedBatches(data.train, config, self.dist.rank, self.dist.world)
+        self.batches_per_epoch = self.source.batches_in_epoch(0)
+        # A stream's epochs may differ by a batch (its shards are dealt anew each epoch).
+        self.total_steps = sum(self.source.batches_in_epoch(epoch) for epoch in range(train.epochs))
         self.warmup_steps = int(train.warmup_fraction * self.total_steps)
-        values = data.train.values
-        self.weights = (example_weights(values, train.value_transform) if train.vsl
-                        else np.ones(len(values)))
-        self.value_targets = example_weights(values, train.value_transform)
         self.tables = TrieTables(SidTrie.from_codes(data.space.codes, data.space.level_sizes), self.device)
-
-    def _batches(self, epoch: int) -> list[np.ndarray]:
-        train = self.config.train
-        return batch_order(self.data.train.lengths, train.batch_size, train.seed, epoch,
-                           train.group_by_length, self.dist.rank, self.dist.world)
 
     def _set_lr(self, step: int) -> None:
         factor = lr_factor(step, self.total_steps, self.warmup_steps, self.config.train.schedule)
@@ -197,13 +252,13 @@ class Trainer:
         finished = True
         self.module.train()
         while progress.epoch < train.epochs:
-            batches = self._batches(progress.epoch)
             started = time.perf_counter()
             base_seconds = progress.train_seconds
-            for position in range(progress.batch_in_epoch, len(batches)):
-                index = batches[position]
-                batch = make_batch(self.data.train, index, self.data.space.codes, self.weights,
-                                   self.value_targets, self.summaries, self.device)
+            first = progress.batch_in_epoch
+            for position, (examples, weights, value_targets) in enumerate(
+                    self.source.batches(progress.epoch, first), start=first):
+                batch = make_batch(examples, np.arange(len(examples)), self.data.space.codes, weights,
+                                   value_targets, self.summaries, self.device)
                 self._set_lr(progress.step)
                 loss = self.loss(batch)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -213,7 +268,7 @@ class Trainer:
                 self.optimizer.step()
                 progress.step += 1
                 progress.batch_in_epoch = position + 1
-                progress.samples += len(index) * self.dist.world
+                progress.samples += len(examples) * self.dist.world
                 progress.epoch_loss += float(loss.detach())
                 progress.epoch_batches += 1
                 progress.train_seconds = base_seconds + time.perf_counter() - started

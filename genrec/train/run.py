@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from genrec.config import GenrecConfig
+from genrec.io import read_parquet
 from genrec.model.artefact import save_model
 from genrec.sid.codebook import Codebook
 from genrec.train.distributed import init_distributed, shutdown
@@ -32,15 +33,32 @@ def training_record(result: TrainResult, config: GenrecConfig) -> dict[str, Any]
     }
 
 
-def run_training(config: GenrecConfig, splits: pd.DataFrame, codebook: Codebook, work_dir: str | Path,
-                 model_dir: str | Path | None = None, summaries: SummaryProvider | None = None,
-                 stop_after_steps: int | None = None, log: Callable[[str], None] = print) -> TrainResult:
+def training_data(config: GenrecConfig, splits: pd.DataFrame | str | Path, codebook: Codebook,
+                  summaries: SummaryProvider | None = None) -> TrainingData:
+    """The examples as `train.examples` asks: built in memory from the splits (a frame, or a parquet
+    file or partitioned folder read whole), or streamed from the partitioned splits folder."""
+    if config.train.examples == "memory":
+        frame = splits if isinstance(splits, pd.DataFrame) else read_parquet(splits)
+        return TrainingData.from_splits(frame, codebook.item_ids, codebook.codes, codebook.level_sizes,
+                                        config, summaries)
+    if isinstance(splits, pd.DataFrame):
+        raise ValueError("train.examples=stream reads the partitioned splits folder: pass its path, "
+                         "not a frame")
+    if summaries is not None or config.model.use_summary:
+        raise ValueError("summary tokens with train.examples=stream are not wired yet: "
+                         "set train.examples=memory or model.use_summary=false")
+    return TrainingData.streamed(splits, codebook.item_ids, codebook.codes, codebook.level_sizes, config)
+
+
+def run_training(config: GenrecConfig, splits: pd.DataFrame | str | Path, codebook: Codebook,
+                 work_dir: str | Path, model_dir: str | Path | None = None,
+                 summaries: SummaryProvider | None = None, stop_after_steps: int | None = None,
+                 log: Callable[[str], None] = print) -> TrainResult:
     """Trains (resuming from `work_dir` if a checkpoint is there) and, on rank 0, saves the model
     folder with the training record in its manifest."""
     dist = init_distributed()
     try:
-        data = TrainingData.from_splits(splits, codebook.item_ids, codebook.codes, codebook.level_sizes,
-                                        config, summaries)
+        data = training_data(config, splits, codebook, summaries)
         result = Trainer(config, data, work_dir, dist, log).fit(stop_after_steps)
         if dist.is_main and model_dir is not None:
             save_model(model_dir, result.decoder, codebook.item_ids,

@@ -22,17 +22,20 @@ bucket per loader worker, whatever the size of the log.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from genrec.data.partitioned import read_bucket, read_partitioning
 from genrec.progress import LineProgress
-from genrec.train.data import ExampleSet, training_examples, transform_values
+from genrec.train.data import ExampleSet, evaluation_requests, training_examples, transform_values
 
 # progress(done, total)
 Progress = Callable[[int, int], None]
@@ -206,3 +209,69 @@ def concat(parts: list[ExampleSet]) -> ExampleSet:
         return parts[0]
     return ExampleSet(*(np.concatenate([getattr(p, name) for p in parts])
                         for name in ("recent", "lengths", "targets", "values", "users", "cutoffs")))
+
+
+def _as_is(batch: Any) -> Any:
+    """The DataLoader's collate function: a stream's item is already a batch."""
+    return batch
+
+
+@dataclass(frozen=True)
+class StreamedExamples:
+    """A run's training examples as a stream: what the Trainer iterates in place of an in-memory
+    `ExampleSet` (`train.examples: stream`). Bound to a rank with `for_rank`."""
+
+    plan: StreamPlan
+    recipe: ExampleRecipe
+    batch_size: int
+    seed: int
+    workers: int = 0
+    rank: int = 0
+    world: int = 1
+
+    def __len__(self) -> int:
+        return self.plan.total
+
+    def for_rank(self, rank: int, world: int) -> StreamedExamples:
+        return dataclasses.replace(self, rank=rank, world=world)
+
+    def stream(self, epoch: int, start: int = 0) -> ExampleStream:
+        return ExampleStream(self.plan, self.recipe, self.batch_size, self.seed, epoch, self.rank, self.world,
+                             self.workers, start)
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        return len(self.stream(epoch))
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[ExampleSet]:
+        """This rank's batches of `epoch` from batch `start` on, through `workers` loader processes."""
+        stream = self.stream(epoch, start)
+        if not self.workers:
+            yield from stream
+            return
+        # The loader draws its workers' seeds from the generator it is given, else from torch's
+        # global one, which would shift the dropout masks of a resumed run. The stream's own order
+        # needs no torch randomness.
+        seeds = torch.Generator().manual_seed(self.seed)
+        yield from torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.workers,
+                                               collate_fn=_as_is, generator=seeds)
+
+
+def sampled_requests(splits: str | Path, recipe: ExampleRecipe, split: str, users: int, seed: int,
+                     progress: Progress | None = None) -> ExampleSet:
+    """`split` requests ("valid" or "test") of a seeded sample of about `users` users (0: all),
+    drawn from every bucket in proportion to its rows, a bucket at a time."""
+    partitioning = read_partitioning(splits)
+    total_rows = max(1, sum(partitioning.rows))
+    progress = progress or LineProgress(f"{split} requests: sampling per bucket")
+    parts = []
+    for bucket in range(partitioning.buckets):
+        requests = evaluation_requests(read_bucket(splits, bucket, COLUMNS), recipe.item_ids,
+                                       recipe.recent_items, split)
+        if users and len(requests):
+            share = min(len(requests), math.ceil(users * partitioning.rows[bucket] / total_rows))
+            pick = np.random.default_rng([seed, bucket]).choice(len(requests), share, replace=False)
+            requests = requests.subset(np.sort(pick))
+        parts.append(requests)
+        progress(bucket + 1, partitioning.buckets)
+    return concat(parts) if parts else evaluation_requests(
+        read_bucket(splits, 0, COLUMNS).iloc[:0], recipe.item_ids, recipe.recent_items, split)
