@@ -24,8 +24,13 @@ install: $(STAMP)
 run: install
 	$(BIN)/genrec pipeline run --local $(RUN_ARGS)
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one of them (its
+# servers and fixtures start once): most tests wait on servers and subprocesses, so two workers
+# on two cores take about 60% of the serial time. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The tests that start no server (no Redis, Prometheus, genrec serve or pipeline run): a quick loop.
 test-fast: install

@@ -94,15 +94,20 @@ def test_the_embedded_ray_refuses_a_client_without_its_token() -> None:
             import ray
             address = ray.get_runtime_context().gcs_address
             clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+            clients = {"no token": {}, "wrong token": {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64},
+                       "the token": {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}}
+            # The three clients try at once: a refused one may wait out Ray's own connect timeout.
+            started = {name: subprocess.Popen([sys.executable, "-c", "import sys;" + join, address],
+                                              env={**clean, **extra}, stdout=subprocess.PIPE,
+                                              stderr=subprocess.DEVNULL, text=True)
+                       for name, extra in clients.items()}
             outcomes = {}
-            for name, extra in {"no token": {}, "wrong token": {"RAY_AUTH_MODE": "token",
-                                "RAY_AUTH_TOKEN": "0" * 64}, "the token": {
-                                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}}.items():
+            for name, process in started.items():
                 try:
-                    out = subprocess.run([sys.executable, "-c", "import sys;" + join, address],
-                                         env={**clean, **extra}, capture_output=True, text=True, timeout=40)
-                    outcomes[name] = "joined" in out.stdout
+                    outcomes[name] = "joined" in process.communicate(timeout=40)[0]
                 except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.communicate()
                     outcomes[name] = False
         print(json.dumps(outcomes))
     """)

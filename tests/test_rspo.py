@@ -253,7 +253,8 @@ def test_cli_bad_input_is_one_clear_line(served: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "rspo", "--model", str(served.parent), "--feedback", str(good),
                                  "--history", str(history), "--set", "rspo.batch_size=4"])
     assert result.exit_code == 0, result.output
-    assert "v0002" in result.output and (served.parent / "v0002" / "model.pt").is_file()
+    # The terminal wraps long paths anywhere, even inside "v0002".
+    assert "v0002" in "".join(result.output.split()) and (served.parent / "v0002" / "model.pt").is_file()
     assert folder_hash(served) == served_hash
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -377,10 +378,18 @@ def test_a_client_error_is_one_warning_line_rate_limited(model_dir: Path, tmp_pa
 
 
 def test_a_damaged_model_folder_fails_with_one_clear_line(model_dir: Path, tmp_path: Path) -> None:
-    for case, (folder, named) in damaged_model_copies(model_dir, tmp_path).items():
-        result = subprocess.run([sys.executable, "-m", "genrec.cli", "serve", "--model-dir", str(folder),
-                                 "--host", "127.0.0.1", "--http-port", "1"], cwd=REPO, capture_output=True,
-                                text=True, timeout=120)
+    cases = damaged_model_copies(model_dir, tmp_path)
+
+    def serve(folder: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "genrec.cli", "serve", "--model-dir", str(folder),
+                               "--host", "127.0.0.1", "--http-port", "1"], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+
+    # Each case is a fresh process that fails at start-up: they run side by side.
+    with ThreadPoolExecutor(4) as pool:
+        results = dict(zip(cases, pool.map(serve, [folder for folder, _ in cases.values()]), strict=True))
+    for case, (folder, named) in cases.items():
+        result = results[case]
         output = result.stdout + result.stderr
         errors = [line for line in output.splitlines() if line.startswith("error:")]
         assert result.returncode == 1, (case, output[-2000:])
