@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Feast decorates its functions with typeguard, which re-parses their source with `ast` when a module
+# is imported. CPython 3.11 can fail such a parse late in a long-lived process that has run threads
+# ("SystemError: AST constructor recursion depth mismatch", cpython#106905), which a pytest-xdist
+# worker is. Importing the Feast modules genrec uses here, as the worker starts, does that parsing
+# before any test has run. (Not Feast's Ray store: Ray must be imported after genrec sets its token.)
+import feast  # noqa: F401
+import feast.infra.online_stores.redis  # noqa: F401
+import feast.infra.online_stores.sqlite  # noqa: F401
+import feast.repo_config  # noqa: F401
 import pandas as pd
 import pytest
 

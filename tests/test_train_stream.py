@@ -76,6 +76,9 @@ def test_bad_combinations_name_the_setting(partitioned_splits: Path) -> None:
         config = tiny_config(examples="stream")
         config.model.use_summary = True
         training_data(config, partitioned_splits, tiny_codebook())
+    with pytest.raises(ValueError, match="lower train.loader_workers"):  # 3 buckets, 4 shards
+        data, config = streamed(partitioned_splits, loader_workers=4)
+        Trainer(config, data, partitioned_splits.parent / "work")  # type: ignore[arg-type]
     from genrec.config import ConfigError
 
     with pytest.raises(ConfigError, match="loader_workers"):

@@ -37,7 +37,8 @@ from sklearn.utils.extmath import svd_flip
 
 # Rows (and columns) per tile. The slices of Q and of the result that one tile's product touches
 # are TILE_ITEMS x (rank + oversamples) floats each: 16,384 x 74 x 8 bytes = 9.7 MB, so both stay in
-# a 32 MB L3 cache together.
+# a 32 MB L3 cache together. (At least: see `TiledMatrix.adopt` for the memory bound that widens
+# them for very large catalogues.)
 TILE_ITEMS = 16_384
 # scikit-learn's default oversampling of the random range (kept, so the result is the same).
 OVERSAMPLES = 10
@@ -64,6 +65,9 @@ class TiledMatrix:
             raise ValueError("TiledMatrix.adopt needs a CSR matrix with sorted indices "
                              "(call sort_indices() first)")
         rows, columns = matrix.shape
+        # The tiles' row pointers take rows x column blocks entries: never more than the matrix has
+        # entries, so a larger or sparser matrix gets wider tiles (less cache locality, bounded memory).
+        tile = max(tile, -(-rows * columns // max(matrix.nnz, 1)))
         column_blocks = -(-columns // tile)
         # A narrow key makes numpy's stable argsort a radix sort: linear in the entries.
         key_type = np.int16 if column_blocks < np.iinfo(np.int16).max else np.int32

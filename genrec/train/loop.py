@@ -116,6 +116,14 @@ class StreamedBatches:
 
     def __init__(self, examples: StreamedExamples, config: GenrecConfig, rank: int, world: int) -> None:
         self.examples, self.config = examples.for_rank(rank, world), config
+        if not self.examples.batches_in_epoch(0):
+            shards = world * max(1, examples.workers)
+            filled = sum(1 for count in examples.plan.examples if count)
+            raise ValueError(
+                f"train.examples=stream: {shards} shards ({world} ranks x {max(1, examples.workers)} loader "
+                f"workers) share {filled} buckets with examples, and the smallest shard has less than one "
+                f"batch of {examples.batch_size}: lower train.loader_workers or train.batch_size, or cut the "
+                "splits into more buckets (data.bucket_rows)")
 
     def batches_in_epoch(self, epoch: int) -> int:
         return self.examples.batches_in_epoch(epoch)
