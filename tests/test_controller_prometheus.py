@@ -32,7 +32,9 @@ from genrec.controller.metrics import ControllerMetrics
 from testbed.binaries import require_binary
 from testbed.prometheus import LocalPrometheus, free_port
 
-pytestmark = pytest.mark.integration
+# `alone`: it calibrates the load it needs against this machine's speed, so `make test` runs it after
+# the parallel part, with the machine to itself.
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 TOKEN = "controller-test-token"
 JOB = "genrec-predictor"
