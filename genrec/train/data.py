@@ -9,6 +9,7 @@ model ever trains on a validation or test target.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,14 @@ class ExampleSet:
     def subset(self, index: np.ndarray) -> ExampleSet:
         return ExampleSet(self.recent[index], self.lengths[index], self.targets[index], self.values[index],
                           self.users[index], self.cutoffs[index])
+
+    @classmethod
+    def concat(cls, parts: list[ExampleSet]) -> ExampleSet:
+        """The sets one after the other."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(part, field.name) for part in parts])
+                     for field in dataclasses.fields(cls)))
 
 
 def item_rows(item_ids: pd.Series, codebook_item_ids: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from genrec.train.data import (
     weights_over_mean,
 )
 from genrec.train.distributed import Distributed
-from genrec.train.stream import ExampleRecipe, StreamedExamples, StreamPlan, sampled_requests
+from genrec.train.stream import ExampleRecipe, RequestSample, StreamedExamples, scan_splits
 from genrec.train.summaries import SummaryProvider
 
 # Adam's second-moment decay: 0.98 (as in most transformer recipes) follows the fast early changes
@@ -81,8 +81,9 @@ class TrainingData:
         train = config.train
         recipe = ExampleRecipe(np.asarray(item_ids).astype(object), config.model.recent_items,
                                train.max_examples_per_user, train.skip_latest)
-        plan = StreamPlan.of_splits(splits, recipe, train.value_transform)
-        valid = sampled_requests(splits, recipe, "valid", train.valid_users, train.seed)
+        plan, valid = scan_splits(splits, recipe, train.value_transform,
+                                  RequestSample("valid", train.valid_users, train.seed))
+        assert valid is not None  # a sample was asked for
         return cls(np.asarray(item_ids), SidSpace(list(level_sizes), np.asarray(codes, dtype=np.int64)),
                    StreamedExamples(plan, recipe, train.batch_size, train.seed, train.loader_workers), valid)
 

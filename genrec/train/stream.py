@@ -5,8 +5,9 @@ A user's rows sit in one bucket, and a training example needs only its user's ea
 bucket's examples are built from that bucket alone (`training_examples` on it): memory holds one
 bucket per loader worker, whatever the size of the log.
 
-- **Plan** (`StreamPlan.of_splits`, once per run): each bucket's example count, and the sum of the
-  examples' transformed values (the VSL weights are divided by their mean over every example).
+- **Plan** (`scan_splits`, one read of every bucket per run, which also samples the validation
+  requests): each bucket's example count, and the sum of the examples' transformed values (the VSL
+  weights are divided by their mean over every example).
 - **Shards.** A run has `world` ranks of `workers` loader workers: `world * workers` shards. Every
   epoch, the buckets (in an order drawn from (seed, epoch)) are dealt to shards, each bucket to the
   shard with the fewest examples so far, so each example belongs to exactly one shard.
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from genrec.data.partitioned import read_bucket, read_partitioning
@@ -53,8 +55,20 @@ class ExampleRecipe:
     skip_latest: int = 0
 
     def examples(self, splits: str | Path, bucket: int) -> ExampleSet:
-        return training_examples(read_bucket(splits, bucket, COLUMNS), self.item_ids, self.recent_items,
-                                 self.max_per_user, self.skip_latest)
+        return self.examples_of(read_bucket(splits, bucket, COLUMNS))
+
+    def examples_of(self, frame: pd.DataFrame) -> ExampleSet:
+        return training_examples(frame, self.item_ids, self.recent_items, self.max_per_user, self.skip_latest)
+
+
+@dataclass(frozen=True)
+class RequestSample:
+    """Evaluation requests of `split` ("valid" or "test") for a seeded sample of about `users` users
+    (0: all), drawn from every bucket in proportion to its rows."""
+
+    split: str
+    users: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -70,15 +84,7 @@ class StreamPlan:
     @classmethod
     def of_splits(cls, splits: str | Path, recipe: ExampleRecipe, value_transform: str,
                   progress: Progress | None = None) -> StreamPlan:
-        buckets = read_partitioning(splits).buckets
-        progress = progress or LineProgress("training examples: counting per bucket")
-        counts, value_sum = [], 0.0
-        for bucket in range(buckets):
-            examples = recipe.examples(splits, bucket)
-            counts.append(len(examples))
-            value_sum += float(transform_values(examples.values, value_transform).sum())
-            progress(bucket + 1, buckets)
-        return cls(str(splits), tuple(counts), value_sum, value_transform)
+        return scan_splits(splits, recipe, value_transform, None, progress)[0]
 
     @property
     def total(self) -> int:
@@ -186,7 +192,7 @@ class ExampleStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                 made += 1
                 yield batch
         if not self.lockstep and pending_size:
-            yield concat(pending)
+            yield ExampleSet.concat(pending)
 
 
 def take(parts: list[ExampleSet], size: int) -> tuple[ExampleSet, list[ExampleSet]]:
@@ -201,14 +207,7 @@ def take(parts: list[ExampleSet], size: int) -> tuple[ExampleSet, list[ExampleSe
             taken.append(head.subset(np.arange(need)))
             rest.insert(0, head.subset(np.arange(need, len(head))))
             need = 0
-    return concat(taken), rest
-
-
-def concat(parts: list[ExampleSet]) -> ExampleSet:
-    if len(parts) == 1:
-        return parts[0]
-    return ExampleSet(*(np.concatenate([getattr(p, name) for p in parts])
-                        for name in ("recent", "lengths", "targets", "values", "users", "cutoffs")))
+    return ExampleSet.concat(taken), rest
 
 
 def _as_is(batch: Any) -> Any:
@@ -256,22 +255,26 @@ class StreamedExamples:
                                                collate_fn=_as_is, generator=seeds)
 
 
-def sampled_requests(splits: str | Path, recipe: ExampleRecipe, split: str, users: int, seed: int,
-                     progress: Progress | None = None) -> ExampleSet:
-    """`split` requests ("valid" or "test") of a seeded sample of about `users` users (0: all),
-    drawn from every bucket in proportion to its rows, a bucket at a time."""
+def scan_splits(splits: str | Path, recipe: ExampleRecipe, value_transform: str, sample: RequestSample | None,
+                progress: Progress | None = None) -> tuple[StreamPlan, ExampleSet | None]:
+    """One read of every bucket: the plan of the training examples and, with `sample`, the sampled
+    evaluation requests (a streamed run's validation users)."""
     partitioning = read_partitioning(splits)
     total_rows = max(1, sum(partitioning.rows))
-    progress = progress or LineProgress(f"{split} requests: sampling per bucket")
-    parts = []
+    progress = progress or LineProgress("training examples: counting per bucket")
+    counts, value_sum, requests = [], 0.0, []
     for bucket in range(partitioning.buckets):
-        requests = evaluation_requests(read_bucket(splits, bucket, COLUMNS), recipe.item_ids,
-                                       recipe.recent_items, split)
-        if users and len(requests):
-            share = min(len(requests), math.ceil(users * partitioning.rows[bucket] / total_rows))
-            pick = np.random.default_rng([seed, bucket]).choice(len(requests), share, replace=False)
-            requests = requests.subset(np.sort(pick))
-        parts.append(requests)
+        frame = read_bucket(splits, bucket, COLUMNS, partitioning)
+        examples = recipe.examples_of(frame)
+        counts.append(len(examples))
+        value_sum += float(transform_values(examples.values, value_transform).sum())
+        if sample is not None:
+            part = evaluation_requests(frame, recipe.item_ids, recipe.recent_items, sample.split)
+            if sample.users and len(part):
+                share = min(len(part), math.ceil(sample.users * partitioning.rows[bucket] / total_rows))
+                pick = np.random.default_rng([sample.seed, bucket]).choice(len(part), share, replace=False)
+                part = part.subset(np.sort(pick))
+            requests.append(part)
         progress(bucket + 1, partitioning.buckets)
-    return concat(parts) if parts else evaluation_requests(
-        read_bucket(splits, 0, COLUMNS).iloc[:0], recipe.item_ids, recipe.recent_items, split)
+    plan = StreamPlan(str(splits), tuple(counts), value_sum, value_transform)
+    return plan, (ExampleSet.concat(requests) if sample is not None else None)
