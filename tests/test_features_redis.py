@@ -81,3 +81,84 @@ def test_the_fast_redis_writer_writes_what_feast_writes(redis_port: int, tmp_pat
         assert read[row["user_id"]].tobytes() == row["summary"]
         assert list(read[row["user_id"]].shape) == list(np.asarray(row["summary_shape"]))
     client.close()
+
+
+def summary_frame(users: int, seed: int):  # type: ignore[no-untyped-def]
+    """Newest-summary rows of mixed summary lengths (empty, one-byte and multi-byte varint lengths),
+    shapes, item counts and timestamps (whole seconds, the epoch, and microseconds)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice([0, 5, 127, 128, 1024, 40000], size=users)
+    stamps = pd.to_datetime(rng.integers(0, 2_000_000_000_000_000, size=users), unit="us", utc=True)
+    stamps = stamps.where(np.arange(users) % 7 != 0, pd.Timestamp(0, tz="UTC"))
+    return pd.DataFrame({
+        "user_id": [f"user-{i}-é" for i in range(users)],
+        "event_timestamp": stamps,
+        "summary": [rng.bytes(int(n)) for n in lengths],
+        "summary_shape": [[int(n) // 4, 1] if n % 4 == 0 else [int(n), 0] for n in lengths],
+        "n_items": rng.integers(0, 1 << 40, size=users),
+    })
+
+
+def redis_repo(folder: Path, port: int, ttl: int | None) -> Path:
+    online = {"type": "redis", "connection_string": f"127.0.0.1:{port}"}
+    if ttl:
+        online["key_ttl_seconds"] = ttl
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "feature_store.yaml").write_text(yaml.safe_dump(
+        {"project": "genrec_test", "registry": "registry.db", "provider": "local", "online_store": online}))
+    return folder
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("ttl", [None, 3600])
+def test_the_resp_writer_stores_what_the_pipelined_reference_stores(redis_port: int, tmp_path: Path,
+                                                                    ttl: int | None) -> None:
+    """The writer's own RESP buffers (the fast path) against redis-py pipelines (its reference):
+    every key, hash field and value, and the keys' time to live, over batches that do not divide the
+    rows."""
+    import redis
+
+    from genrec.features.redis_writer import RedisSummaryWriter
+
+    frame = summary_frame(500, seed=3)
+    writer = RedisSummaryWriter(redis_repo(tmp_path / "repo", redis_port, ttl))
+    client = redis.Redis(host="127.0.0.1", port=redis_port)
+
+    def dump() -> tuple[dict[bytes, dict[bytes, bytes]], set[int]]:
+        keys = list(client.scan_iter())
+        # Time to live in whole minutes, rounded up (Redis answers -1 for none).
+        return {key: client.hgetall(key) for key in keys}, {-(-client.ttl(key) // 60) for key in keys}
+
+    assert writer.write_pipelined(frame, batch_rows=7) == len(frame)
+    reference, reference_ttl = dump()
+    client.flushall()
+    assert writer.write(frame, batch_rows=7) == len(frame)
+    fast, fast_ttl = dump()
+    assert len(fast) == len(frame) and fast == reference
+    assert fast_ttl == reference_ttl == ({ttl // 60} if ttl else {0})
+    client.close()
+
+
+@pytest.mark.integration
+def test_a_redis_error_reply_is_raised_and_the_connection_stays_usable(redis_port: int, tmp_path: Path) -> None:
+    """A user key that holds another type answers WRONGTYPE: the write raises it, the other users of
+    the batch are written, and the next write on the pooled connection reads its own replies."""
+    import redis
+
+    from genrec.features.redis_writer import RedisSummaryWriter
+
+    frame = summary_frame(20, seed=4)
+    writer = RedisSummaryWriter(redis_repo(tmp_path / "repo", redis_port, None))
+    client = redis.Redis(host="127.0.0.1", port=redis_port)
+    blocked = writer._key_function()(frame["user_id"][5])
+    client.set(blocked, b"not a hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        writer.write(frame, batch_rows=100)
+    assert client.dbsize() == len(frame)
+    client.delete(blocked)
+    assert writer.write(frame, batch_rows=100) == len(frame)
+    assert all(client.type(writer._key_function()(user)) == b"hash" for user in frame["user_id"])
+    client.close()

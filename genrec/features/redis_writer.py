@@ -5,7 +5,7 @@ then reads every user's stored timestamp before writing (two round trips), and s
 stored snapshot is as new as the one written: a re-run with a retrained summariser over the same
 log would leave the old summaries in place. This writer builds the same hash per user (the key from
 Feast's `_redis_key`, the fields from Feast's `_mmh3` names, the values as Feast's ValueProto and
-Timestamp bytes) and writes it in one pipelined round trip per batch, always: the run's newest
+Timestamp bytes) and writes it in one round trip per batch (RESP put together here), always: the run's newest
 snapshot is the one to serve. `tests/test_features_redis.py` holds the bytes it writes equal to
 what Feast writes, and Feast reads them back.
 
@@ -22,6 +22,7 @@ import json
 import os
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ DEFAULT_CONNECTION = "localhost:6379"
 # feast.types.Value.ValueType.STRING, the type tag of a string join key in a serialised entity key.
 STRING_VALUE_TYPE = 2
 UINT64 = (1 << 64) - 1
+# RESP heads: HSET with the key and four field-value pairs; EXPIRE with the key and the seconds.
+HSET_HEAD = b"*10\r\n$4\r\nHSET\r\n"
+EXPIRE_HEAD = b"*3\r\n$6\r\nEXPIRE\r\n"
 
 
 class RedisSummaryWriter:
@@ -63,8 +67,8 @@ class RedisSummaryWriter:
         self.key_version = int(settings.get("entity_key_serialization_version", DEFAULT_KEY_VERSION))
         self.ttl_seconds = online.get("key_ttl_seconds")
         self.connection_string = str(online.get("connection_string", DEFAULT_CONNECTION))
-        plain = online.get("redis_type", "redis") == "redis" and online.get("client", "redis") == "redis"
-        self.client = self._plain_client() if plain else self._feast_client(path)
+        self.plain = online.get("redis_type", "redis") == "redis" and online.get("client", "redis") == "redis"
+        self.client = self._plain_client() if self.plain else self._feast_client(path)
 
     def _plain_client(self) -> Any:
         """A redis-py client as Feast's Redis store makes it for `redis_type: redis`."""
@@ -82,30 +86,87 @@ class RedisSummaryWriter:
         return RedisOnlineStore()._get_client(config.online_store)
 
     def write(self, frame: pd.DataFrame, batch_rows: int) -> int:
-        """Writes every row (one user each); returns how many."""
-        fields = _field_keys()
-        users = frame[USER_ID].astype(str).tolist()
-        # Feast stores a timestamp to the microsecond of a timezone-aware datetime.
-        micros = (pd.DatetimeIndex(pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True)).asi8 // 1000).tolist()
-        summaries = frame[SUMMARY].tolist()
-        shapes = [tuple(int(v) for v in shape) for shape in frame[SUMMARY_SHAPE].tolist()]
-        n_items = [int(n) for n in frame[N_ITEMS].tolist()]
+        """Writes every row (one user each); returns how many.
+
+        To a plain Redis, each batch goes out as one buffer of RESP commands put together here, and
+        its replies are read back and checked: redis-py's pipeline spends about 40 us of Python per
+        user (a command object, argument packing and a parsed reply each), four times what Redis
+        itself spends. `write_pipelined` is the simple reference, and the path for clustered Redis."""
+        if not self.plain:
+            return self.write_pipelined(frame, batch_rows)
+        rows = _SummaryRows.of(frame)
         key_of = self._key_function()
-        encoded_shapes = {shape: _int64_list(shape) for shape in set(shapes)}
-        for first in range(0, len(frame), batch_rows):
+        fields = {name: _bulk(field if isinstance(field, bytes) else field.encode("utf8"))
+                  for name, field in _field_keys().items()}
+        shapes = {shape: fields[SUMMARY_SHAPE] + _bulk(_int64_list(shape)) for shape in set(rows.shapes)}
+        # A summary's value is a ValueProto of bytes: its head depends only on the length, and the
+        # summaries of a run share one length.
+        summary_heads: dict[int, bytes] = {}
+        expire = (b"$%d\r\n%d\r\n" % (len(str(self.ttl_seconds)), self.ttl_seconds)
+                  if self.ttl_seconds else b"")
+        for first in range(0, len(rows.users), batch_rows):
+            parts: list[bytes] = []
+            last = min(first + batch_rows, len(rows.users))
+            for row in range(first, last):
+                key = _bulk(key_of(rows.users[row]))
+                summary = rows.summaries[row]
+                head = summary_heads.get(len(summary))
+                if head is None:
+                    value_head = b"\x0a" + _varint(len(summary))
+                    head = summary_heads[len(summary)] = (
+                        fields[SUMMARY] + b"$%d\r\n" % (len(value_head) + len(summary)) + value_head)
+                parts += (HSET_HEAD, key, fields["ts"], _bulk(_timestamp(rows.micros[row])), head,
+                          summary, b"\r\n", shapes[rows.shapes[row]], fields[N_ITEMS],
+                          _bulk(_int64(rows.n_items[row])))
+                if expire:
+                    parts += (EXPIRE_HEAD, key, expire)
+            self._send(b"".join(parts), (last - first) * (2 if expire else 1))
+        return len(rows.users)
+
+    def _send(self, payload: bytes, replies: int) -> None:
+        """Sends a buffer of commands on one pooled connection and reads every reply; a Redis error
+        reply is raised (as redis-py's `ResponseError`) once all replies are read, so the connection
+        stays in step."""
+        import redis
+
+        connection = self.client.connection_pool.get_connection()
+        try:
+            connection.send_packed_command([payload])
+            errors = []
+            for _ in range(replies):
+                try:
+                    connection.read_response()
+                except redis.ResponseError as error:
+                    errors.append(error)
+            if errors:
+                raise errors[0]
+        except BaseException:
+            # Unread replies would answer the next command on this connection.
+            connection.disconnect()
+            raise
+        finally:
+            self.client.connection_pool.release(connection)
+
+    def write_pipelined(self, frame: pd.DataFrame, batch_rows: int) -> int:
+        """`write` through redis-py pipelines, a command object per user: the simple reference."""
+        fields = _field_keys()
+        rows = _SummaryRows.of(frame)
+        key_of = self._key_function()
+        encoded_shapes = {shape: _int64_list(shape) for shape in set(rows.shapes)}
+        for first in range(0, len(rows.users), batch_rows):
             with self.client.pipeline(transaction=False) as pipe:
-                for row in range(first, min(first + batch_rows, len(frame))):
-                    key = key_of(users[row])
+                for row in range(first, min(first + batch_rows, len(rows.users))):
+                    key = key_of(rows.users[row])
                     pipe.hset(key, mapping={
-                        fields["ts"]: _timestamp(micros[row]),
-                        fields[SUMMARY]: _bytes_value(summaries[row]),
-                        fields[SUMMARY_SHAPE]: encoded_shapes[shapes[row]],
-                        fields[N_ITEMS]: _int64(n_items[row]),
+                        fields["ts"]: _timestamp(rows.micros[row]),
+                        fields[SUMMARY]: _bytes_value(rows.summaries[row]),
+                        fields[SUMMARY_SHAPE]: encoded_shapes[rows.shapes[row]],
+                        fields[N_ITEMS]: _int64(rows.n_items[row]),
                     })
                     if self.ttl_seconds:
                         pipe.expire(name=key, time=self.ttl_seconds)
                 pipe.execute()
-        return len(frame)
+        return len(rows.users)
 
     def _key_function(self) -> Callable[[str], bytes]:
         """user id -> Redis key: Feast's `_redis_key` of the entity key {user_id: id}. For Feast's
@@ -132,7 +193,36 @@ class RedisSummaryWriter:
         return key
 
 
+@dataclass(frozen=True)
+class _SummaryRows:
+    """A frame of newest summaries as Python lists, in the types the writers encode."""
+
+    users: list[str]
+    micros: list[int]
+    summaries: list[bytes]
+    shapes: list[tuple[int, ...]]
+    n_items: list[int]
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> _SummaryRows:
+        # Feast stores a timestamp to the microsecond of a timezone-aware datetime.
+        micros = pd.DatetimeIndex(pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True)).asi8 // 1000
+        return cls(frame[USER_ID].astype(str).tolist(), micros.tolist(), frame[SUMMARY].tolist(),
+                   [tuple(int(v) for v in shape) for shape in frame[SUMMARY_SHAPE].tolist()],
+                   [int(n) for n in frame[N_ITEMS].tolist()])
+
+
+def _bulk(value: bytes) -> bytes:
+    """A RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:  # most lengths, counts and shape entries: one byte
+        return SMALL_VARINTS[value]
     out = bytearray()
     while True:
         bits = value & 0x7F
