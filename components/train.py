@@ -18,7 +18,9 @@ def train_generator(
 ):
     """Trains the semantic-ID decoder on the TRAINING rows of `splits` (teacher forcing, VSL) and
     writes the model folder, a report with learning curves, and the run's figures. Runs torchrun
-    with `train.processes` processes when that is above 1; resumes from `train.checkpoint_dir`."""
+    with `train.processes` processes when that is above 1; resumes from `train.checkpoint_dir`.
+    With `train.launcher: trainjob`, trains in a Kubeflow Trainer TrainJob across nodes instead
+    (genrec.train.trainjob), streaming its log here."""
     import json
     import subprocess
     import sys
@@ -35,26 +37,33 @@ def train_generator(
     from genrec.train.summaries import TRAINING_TARGETS, summary_provider_for
 
     cfg = GenrecConfig.from_dict(config)
-    work_dir = Path(cfg.train.checkpoint_dir or f"{model.path}.checkpoints")
-    # A streamed run never holds the splits: they are read a bucket at a time by the trainer.
-    frame = read_parquet(splits.path) if cfg.train.examples == "memory" else None
-    provider = (summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None, frame,
-                                     TRAINING_TARGETS) if frame is not None else None)
-    if cfg.train.processes > 1:
-        if provider is not None:
-            raise ValueError("summary tokens with train.processes > 1 are not wired yet: use one process")
-        with tempfile.TemporaryDirectory() as tmp:
-            config_path = Path(tmp) / "config.json"
-            config_path.write_text(json.dumps(cfg.to_dict()))
-            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            f"--nproc_per_node={cfg.train.processes}", "-m", "genrec.train",
-                            "--config", str(config_path), "--splits", splits.path,
-                            "--codebook", codebook.path, "--work-dir", str(work_dir),
-                            "--model-dir", model.path], check=True)
+    if cfg.train.launcher == "trainjob":
+        from genrec.train.trainjob import train_as_trainjob
+
+        # The job's name and shared folder follow the output's URI: a retried step finds its job.
+        train_as_trainjob(cfg, "train_generator", model.uri, splits.path, codebook.path, model.path,
+                          log=lambda line: print(line, flush=True))
     else:
-        run_training(cfg, frame if frame is not None else splits.path, Codebook.load(codebook.path),
-                     work_dir, model.path,
-                     summaries=provider, log=lambda line: print(line, flush=True))
+        work_dir = Path(cfg.train.checkpoint_dir or f"{model.path}.checkpoints")
+        # A streamed run never holds the splits: they are read a bucket at a time by the trainer.
+        frame = read_parquet(splits.path) if cfg.train.examples == "memory" else None
+        provider = (summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None, frame,
+                                         TRAINING_TARGETS) if frame is not None else None)
+        if cfg.train.processes > 1:
+            if provider is not None:
+                raise ValueError("summary tokens with train.processes > 1 are not wired yet: use one process")
+            with tempfile.TemporaryDirectory() as tmp:
+                config_path = Path(tmp) / "config.json"
+                config_path.write_text(json.dumps(cfg.to_dict()))
+                subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc_per_node={cfg.train.processes}", "-m", "genrec.train",
+                                "--config", str(config_path), "--splits", splits.path,
+                                "--codebook", codebook.path, "--work-dir", str(work_dir),
+                                "--model-dir", model.path], check=True)
+        else:
+            run_training(cfg, frame if frame is not None else splits.path, Codebook.load(codebook.path),
+                         work_dir, model.path,
+                         summaries=provider, log=lambda line: print(line, flush=True))
     trained = load_model(model.path)
     record = trained.manifest["training"]
     dataset = splits.metadata.get("dataset", "dataset")
@@ -81,7 +90,8 @@ def evaluate(
     feature_repo: Input[Artifact] = None,
 ):
     """Leave-one-out, full-catalogue evaluation on ALL users: the valid target from the train
-    history, the test target from train + valid. Recall, NDCG, Value and coverage at 5 and 10."""
+    history, the test target from train + valid. Recall, NDCG, Value and coverage at 5 and 10. With
+    `train.evaluate_engine: ray`, a Ray task per bucket of users scores them (genrec.evaluate_buckets)."""
     from components.runtime import log_metrics
     from genrec.config import GenrecConfig
     from genrec.evaluate import evaluate as evaluate_model
@@ -93,17 +103,24 @@ def evaluate(
 
     cfg = GenrecConfig.from_dict(config)
     trained = load_model(model.path)
-    frame = read_parquet(splits.path)
-    provider = None
-    if trained.decoder.summary_dim:
-        provider = summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None, frame,
-                                        EVALUATION_TARGETS)
-    results = {}
-    for split in ("valid", "test"):
-        requests = evaluation_requests(frame, trained.item_ids, trained.decoder.config.recent_items, split)
-        results[split] = evaluate_model(trained.decoder, requests, trained.tables, cfg.train.beam_widths,
-                                        cfg.train.top_k, cfg.train.eval_batch_size, provider,
-                                        exclude_history=cfg.train.exclude_history)
+    if cfg.train.evaluate_engine == "ray":
+        from genrec.evaluate_buckets import evaluate_partitioned
+
+        # A Ray task per bucket of users: the splits are never held whole.
+        results = evaluate_partitioned(cfg, splits.path, model.path)
+    else:
+        frame = read_parquet(splits.path)
+        provider = None
+        if trained.decoder.summary_dim:
+            repo = feature_repo.path if feature_repo is not None else None
+            provider = summary_provider_for(cfg, repo, frame, EVALUATION_TARGETS)
+        results = {}
+        for split in ("valid", "test"):
+            requests = evaluation_requests(frame, trained.item_ids, trained.decoder.config.recent_items,
+                                           split)
+            results[split] = evaluate_model(trained.decoder, requests, trained.tables, cfg.train.beam_widths,
+                                            cfg.train.top_k, cfg.train.eval_batch_size, provider,
+                                            exclude_history=cfg.train.exclude_history)
     dataset = splits.metadata.get("dataset", "dataset")
     value_source = splits.metadata.get("value_source", "unknown")
     notes = [f"{dataset}: leave-one-out, full catalogue, all users; beam widths {cfg.train.beam_widths}, "

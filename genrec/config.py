@@ -270,6 +270,10 @@ class TrainConfig:
     threads: int = 0
     # Processes for data-parallel training (torchrun / DDP; gloo on CPU, NCCL on GPU).
     processes: int = 1
+    # Where the train_generator and finetune_rspo steps train: "local" in the step's own pod
+    # (torchrun with `processes` processes), "trainjob" as a Kubeflow Trainer TrainJob across nodes
+    # (the `trainjob` section), the step waiting for it and streaming its logs.
+    launcher: Literal["local", "trainjob"] = "local"
     # Stop early after this many minutes of training (0: no limit); the schedule still ends at zero.
     max_minutes: float = 0.0
     # Validation during training: on this many users (0: all), every `eval_every` epochs.
@@ -279,6 +283,10 @@ class TrainConfig:
     beam_widths: list[int] = field(default_factory=lambda: [20])
     top_k: int = 10
     eval_batch_size: int = 256
+    # Where the evaluate step scores every user: "process", in its own process from the splits read
+    # whole; "ray", a Ray task per bucket of the partitioned splits, on the data steps' Ray
+    # (genrec.evaluate_buckets), for logs too large for one process.
+    evaluate_engine: Literal["process", "ray"] = "process"
     # Evaluation never recommends a user the items of their own context (the last R items). Off by
     # default: the published leave-one-out figures rank the whole catalogue. In these data sets a
     # target never repeats a history item, so on, it only frees the slots those items took.
@@ -493,6 +501,39 @@ class TolerationConfig:
 PipelineStep = Literal["ingest_and_validate", "split_interactions", "build_codebook", "train_summarizer",
                        "materialize_summaries", "train_generator", "finetune_rspo", "evaluate", "log_metrics",
                        "gate_model", "deploy_model"]
+
+
+@dataclass
+class TrainJobConfig:
+    """The Kubeflow Trainer TrainJob (trainer.kubeflow.org/v1alpha1) behind `train.launcher:
+    trainjob`: torchrun on `nodes` nodes with `gpus_per_node` processes each (NCCL on GPUs), from the
+    ClusterTrainingRuntime `runtime` (manifests/overlays/gpu/trainingruntime.yaml), in
+    `pipeline.image`. Inputs and outputs pass through `shared_dir`, which the step's pod and every
+    node mount at the same path."""
+
+    runtime: str = "genrec-torch"
+    # Namespace of the TrainJob. Empty: the step's own (its ServiceAccount's), or kube-config's
+    # current context outside a cluster.
+    namespace: str = ""
+    # A kube-config file to reach the cluster with (empty: the pod's ServiceAccount in a cluster,
+    # ~/.kube/config elsewhere).
+    kubeconfig: str = ""
+    nodes: int = 2
+    # Processes per node, one per GPU (0: a CPU job, with `train.processes` processes per node).
+    gpus_per_node: int = 1
+    cpu_per_node: str = "8"
+    memory_per_node: str = "32Gi"
+    # A folder the step's pod and every node mount at the same path (a ReadWriteMany volume): the
+    # job's config, codebook, checkpoints and model folder live under it, so a retried step resumes.
+    shared_dir: str = "/mnt/genrec-shared"
+    # The PersistentVolumeClaim behind `shared_dir`: the compiled pipeline mounts it in the training
+    # steps (the runtime mounts it in the nodes).
+    shared_volume_claim: str = "genrec-ray-shared"
+    # The job's own deadline (activeDeadlineSeconds) and the step's wait for it.
+    timeout_minutes: float = 24 * 60
+    poll_seconds: float = 10.0
+    # A log line longer than this is cut (a node's output is the job's, not the step's, to keep).
+    log_line_chars: int = 4096
 
 
 @dataclass
@@ -723,6 +764,7 @@ class GenrecConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    trainjob: TrainJobConfig = field(default_factory=TrainJobConfig)
     rspo: RspoConfig = field(default_factory=RspoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -794,6 +836,7 @@ class GenrecConfig:
         if self.data.max_bad_examples < 1:
             raise ConfigError("data.max_bad_examples must be at least 1")
         self._check_ray()
+        self._check_trainjob()
         for name in ("advertiser_log_sigma", "item_log_sigma"):
             if getattr(self.bids, name) < 0:
                 raise ConfigError(f"bids.{name} must be non-negative")
@@ -827,6 +870,31 @@ class GenrecConfig:
         if ray.shared_dir and not ray.shared_dir.startswith("/"):
             raise ConfigError(f"ray.shared_dir={ray.shared_dir!r} must be an absolute path, the same in "
                               "every pod")
+
+    def _check_trainjob(self) -> None:
+        if self.train.evaluate_engine == "ray" and self.model.use_summary:
+            raise ConfigError("model.use_summary reads summaries from the feature store, which the Ray "
+                              "evaluation does not: train.evaluate_engine: process")
+        job = self.trainjob
+        if job.nodes < 1 or job.gpus_per_node < 0 or job.log_line_chars < 80:
+            raise ConfigError("trainjob.nodes must be at least 1, trainjob.gpus_per_node non-negative (0 = a "
+                              "CPU job) and trainjob.log_line_chars at least 80")
+        if not 0 < job.poll_seconds < job.timeout_minutes * 60:
+            raise ConfigError("trainjob.poll_seconds must be positive and below trainjob.timeout_minutes")
+        if self.train.launcher == "trainjob":
+            if "train_generator" in self.pipeline.gpu_steps:
+                raise ConfigError("pipeline.gpu_steps names train_generator, whose pod only waits for its "
+                                  "TrainJob with train.launcher: trainjob (the nodes get "
+                                  "trainjob.gpus_per_node GPUs each): drop it from pipeline.gpu_steps")
+            if self.model.use_summary:
+                raise ConfigError("model.use_summary is not wired into a TrainJob yet (its nodes do not read "
+                                  "the feature store): train.launcher: local")
+            if not job.shared_dir.startswith("/"):
+                raise ConfigError(f"trainjob.shared_dir={job.shared_dir!r} must be an absolute path that the "
+                                  "step's pod and every node mount (train.launcher: trainjob)")
+            if not job.runtime:
+                raise ConfigError("trainjob.runtime must name the ClusterTrainingRuntime (genrec-torch in "
+                                  "manifests/overlays/gpu)")
 
     def _check_synth(self) -> None:
         synth = self.synth

@@ -30,6 +30,9 @@ from genrec.distributed import shared_local_ray
 # its token from.
 RAY_STEPS = ("ingest_and_validate", "split_interactions", "build_codebook", "materialize_summaries")
 RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
+# The steps that train in a Kubeflow Trainer TrainJob with train.launcher=trainjob: their own pods
+# only stage, wait and copy, on the shared volume the TrainJob's nodes mount.
+TRAINJOB_STEPS = ("train_generator",)
 # The label the RayCluster's NetworkPolicy lets through to the Ray Client port.
 RAY_CLIENT_LABEL = "genrec.io/ray-client"
 
@@ -58,8 +61,12 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         else:
             task.set_cpu_request(cluster.cpu_request).set_cpu_limit(cluster.cpu_limit)
             task.set_memory_request(cluster.memory_request).set_memory_limit(cluster.memory_limit)
-        if step in RAY_STEPS and config.data.engine == "ray":
+        if (step in RAY_STEPS and config.data.engine == "ray") or (
+                step == "evaluate" and config.train.evaluate_engine == "ray"):
             on_ray_cluster(task)
+        job = config.trainjob
+        if step in TRAINJOB_STEPS and config.train.launcher == "trainjob" and job.shared_volume_claim:
+            kubernetes.mount_pvc(task, pvc_name=job.shared_volume_claim, mount_path=job.shared_dir)
         return task
 
     def on_ray_cluster(task: dsl.PipelineTask) -> None:

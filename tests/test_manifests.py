@@ -41,13 +41,16 @@ CRD_FILES = {
     ("monitoring.coreos.com", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
     ("feast.dev", "FeatureStore"): "feast.dev_featurestores.yaml",
     ("ray.io", "RayCluster"): "ray.io_rayclusters.yaml",
+    ("trainer.kubeflow.org", "ClusterTrainingRuntime"): "trainer.kubeflow.org_clustertrainingruntimes.yaml",
+    ("trainer.kubeflow.org", "TrainJob"): "trainer.kubeflow.org_trainjobs.yaml",
 }
 # Custom kinds only some overlays have: the data steps' RayCluster is on the GPU (cluster) overlay.
-OVERLAY_ONLY_KINDS = {"RayCluster": {"gpu"}}
+OVERLAY_ONLY_KINDS = {"RayCluster": {"gpu"}, "ClusterTrainingRuntime": {"gpu"}, "TrainJob": set()}
 # The oldest Kubernetes we target, and the newest schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 NAMESPACE = "genrec"
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "ClusterTrainingRuntime"}
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
@@ -182,6 +185,8 @@ def test_overlay_renders_complete_and_without_secrets(overlay: str) -> None:
     for doc in docs:
         if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"].get("namespace") == NAMESPACE, f"{doc['kind']}/{doc['metadata']['name']}"
+        else:
+            assert "namespace" not in doc["metadata"], f"cluster-scoped {doc['kind']}/{doc['metadata']['name']}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAY_NAMES)
@@ -599,7 +604,11 @@ def test_secret_references_are_documented(overlay: str) -> None:
 def test_controller_rbac_is_least_privilege(overlay: str) -> None:
     docs = render(overlay)
     _, cfg = genrec_config(docs)
-    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+    # The one cluster-wide grant: the pipeline reads the TrainJob runtime (gpu overlay; see
+    # test_the_pipeline_may_run_trainjobs_in_its_namespace_and_nothing_more).
+    expected = {"genrec-pipeline-trainingruntime-reader"} if overlay == "gpu" else set()
+    assert {d["metadata"]["name"] for d in find(docs, "ClusterRole")} == expected
+    assert {d["metadata"]["name"] for d in find(docs, "ClusterRoleBinding")} == expected
     role = one(docs, "Role", "genrec-controller")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["endpoints"],
                               "resourceNames": [cfg.controller.kubernetes_service],
@@ -947,3 +956,58 @@ def test_manifest_files_are_all_used() -> None:
     files = {p.resolve() for p in MANIFESTS.rglob("*") if p.suffix in (".yaml", ".yml", ".json")}
     unused = sorted(str(p.relative_to(MANIFESTS.resolve())) for p in files - referenced)
     assert not unused, f"files no kustomization uses: {unused}"
+
+
+def test_training_runtime_for_the_trainjobs() -> None:
+    """The gpu overlay's ClusterTrainingRuntime: what the kubeflow SDK needs to use it (the torch
+    framework label, a `node` container under the trainer ancestor step), GPU nodes as the pipeline's
+    GPU placement says, non-root, requests equal to limits, /dev/shm for NCCL, and the shared volume
+    where the cluster config's trainjob section says."""
+    docs = render("gpu")
+    runtime = one(docs, "ClusterTrainingRuntime", "genrec-torch")
+    config = GenrecConfig.from_yaml(REPO / "configs" / "cluster.yaml")
+    assert config.train.launcher == "trainjob" and config.trainjob.runtime == "genrec-torch"
+    assert runtime["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
+    assert "torch" in runtime["spec"]["mlPolicy"]
+    [job] = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node"
+    assert job["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    pod = job["template"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["name"] == "node" and container["image"].endswith("-cuda")
+    assert container["command"][0] == "torchrun"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["nodeSelector"] == config.pipeline.gpu_node_selector
+    assert pod["tolerations"] == [{"key": t.key, "operator": t.operator, "effect": t.effect}
+                                  for t in config.pipeline.gpu_tolerations]
+    resources = container["resources"]
+    assert resources["requests"] == resources["limits"] and _gpu_limit(container) == config.trainjob.gpus_per_node
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts[config.trainjob.shared_dir]]["persistentVolumeClaim"]["claimName"] == \
+        config.trainjob.shared_volume_claim
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    # The data steps' parts are on the same volume, so the nodes read them in place.
+    assert config.ray.shared_dir == config.trainjob.shared_dir
+    assert config.ray.shared_volume_claim == config.trainjob.shared_volume_claim
+
+
+def test_the_pipeline_may_run_trainjobs_in_its_namespace_and_nothing_more() -> None:
+    docs = render("gpu")
+    role = one(docs, "Role", "genrec-pipeline-trainjobs")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    grants = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+              for resource in rule["resources"] for verb in rule["verbs"]}
+    assert grants == {("trainer.kubeflow.org", "trainjobs", "create"), ("trainer.kubeflow.org", "trainjobs", "get"),
+                      ("trainer.kubeflow.org", "trainjobs", "delete"),
+                      ("trainer.kubeflow.org", "trainingruntimes", "get"),
+                      ("", "pods", "list"), ("", "pods/log", "get")}
+    reader = one(docs, "ClusterRole", "genrec-pipeline-trainingruntime-reader")
+    assert reader["rules"] == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["clustertrainingruntimes"],
+                                "resourceNames": ["genrec-torch"], "verbs": ["get"]}]
+    for kind, name in (("RoleBinding", "genrec-pipeline-trainjobs"),
+                       ("ClusterRoleBinding", "genrec-pipeline-trainingruntime-reader")):
+        binding = one(docs, kind, name)
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner",
+                                        "namespace": "kubeflow"}]

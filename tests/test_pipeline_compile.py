@@ -25,7 +25,8 @@ def resources(spec: dict[str, Any], executor: str) -> dict[str, Any]:
 
 @pytest.fixture
 def gpu_steps() -> set[str]:
-    return {"exec-train-generator", "exec-finetune-rspo"}
+    # train_generator trains in a TrainJob on the cluster (its own pod only waits): RSPO keeps a GPU.
+    return {"exec-finetune-rspo"}
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_gpu_steps_request_accelerators_and_land_on_gpu_nodes(tmp_path: Path, gp
         assert executor["container"]["image"] == cfg.pipeline.image
     executors = spec["deploymentSpec"]["executors"]
     present_gpu = gpu_steps & set(executors)
-    assert "exec-train-generator" in present_gpu
+    assert "exec-finetune-rspo" in present_gpu and cfg.train.launcher == "trainjob"
     for name in present_gpu:
         res = resources(spec, name)
         assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -136,9 +137,19 @@ def test_data_steps_join_the_ray_cluster_from_its_secret(tmp_path: Path) -> None
         assert [(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"])
                 for m in platform[step]["pvcMount"]] == [(cfg.ray.shared_volume_claim, cfg.ray.shared_dir)]
         assert platform[step]["podMetadata"]["labels"] == {"genrec.io/ray-client": "true"}
-    for step in ("exec-train-generator", "exec-finetune-rspo", "exec-evaluate"):
+    # The evaluate step scores users on the same Ray (train.evaluate_engine: ray).
+    assert [s["secretName"] for s in platform["exec-evaluate"]["secretAsEnv"]] == [cfg.ray.secret]
+    # train_generator mounts the volume its TrainJob's nodes share, and joins no Ray.
+    assert [(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"])
+            for m in platform["exec-train-generator"]["pvcMount"]] == [
+        (cfg.trainjob.shared_volume_claim, cfg.trainjob.shared_dir)]
+    for step in ("exec-train-generator", "exec-finetune-rspo"):
         assert not [s for s in platform.get(step, {}).get("secretAsEnv", []) if s["secretName"] == cfg.ray.secret]
-        assert "pvcMount" not in platform.get(step, {})
+    assert "pvcMount" not in platform.get("exec-finetune-rspo", {})
+    local = cfg.with_overrides(["train.launcher=local", "train.evaluate_engine=process"])
+    _, platform = compiled(local, tmp_path)
+    for step in ("exec-train-generator", "exec-evaluate"):
+        assert "pvcMount" not in platform.get(step, {}) and "secretAsEnv" not in platform.get(step, {})
     # The in-memory engine needs neither.
     pandas = cfg.with_overrides(["data.engine=pandas"])
     _, platform = compiled(pandas, tmp_path)
