@@ -47,6 +47,7 @@ from urllib.parse import parse_qs, urlparse
 
 import yaml
 
+from testbed.http_json import send_json
 from testbed.redis import free_port
 
 GROUP = "trainer.kubeflow.org"
@@ -278,18 +279,20 @@ class KubeApi:
         with self.lock:
             self.requests.append((method, url.path))
         if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return _send(request, 401, _status(401, "Unauthorized", "no valid bearer token"))
+            return send_json(request, 401, _status(401, "Unauthorized", "no valid bearer token"))
         route = self._route(method, parts, query)
         if route is None:
-            return _send(request, 404, _status(404, "NotFound", f"{method} {url.path} is not served here"))
+            return send_json(request, 404, _status(404, "NotFound",
+                                                   f"{method} {url.path} is not served here"))
         need, name, action = route
         if self.rbac is not None and not self.rbac.allows(need, name):
-            return _send(request, 403, _status(403, "Forbidden", f"{need} on {name or '*'} is not granted"))
+            return send_json(request, 403, _status(403, "Forbidden",
+                                                   f"{need} on {name or '*'} is not granted"))
         with self.lock:
             self.used.add(need)
         length = int(request.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
-            return _send(request, 413, _status(413, "RequestEntityTooLarge", "body too large"))
+            return send_json(request, 413, _status(413, "RequestEntityTooLarge", "body too large"))
         body = json.loads(request.rfile.read(length)) if length else None
         action(request, body)
 
@@ -299,7 +302,7 @@ class KubeApi:
         if parts[:2] == ["api", "v1"] and len(parts) >= 5 and parts[2] == "namespaces":
             namespace, kind = parts[3], parts[4]
             if kind == "configmaps" and len(parts) == 6 and method == "GET":
-                return Permission("get", "", "configmaps", namespace), parts[5], lambda r, _: _send(
+                return Permission("get", "", "configmaps", namespace), parts[5], lambda r, _: send_json(
                     r, 404, _status(404, "NotFound", f'configmaps "{parts[5]}" not found'))
             if kind == "pods" and len(parts) == 5 and method == "GET":
                 return Permission("list", "", "pods", namespace), "", lambda r, _: self._list_pods(r, query)
@@ -316,7 +319,8 @@ class KubeApi:
         if len(rest) >= 3 and rest[0] == "namespaces":
             namespace, kind = rest[1], rest[2]
             if kind == "trainingruntimes" and len(rest) == 4 and method == "GET":
-                return Permission("get", GROUP, "trainingruntimes", namespace), rest[3], lambda r, _: _send(
+                need = Permission("get", GROUP, "trainingruntimes", namespace)
+                return need, rest[3], lambda r, _: send_json(
                     r, 404, _status(404, "NotFound", f'trainingruntimes "{rest[3]}" not found'))
             if kind == "trainjobs" and len(rest) == 3 and method == "POST":
                 return Permission("create", GROUP, "trainjobs", namespace), "", lambda r, body: self._create(
@@ -330,9 +334,9 @@ class KubeApi:
     def _runtime(self, request: BaseHTTPRequestHandler, name: str) -> None:
         runtime = self.runtimes.get(name)
         if runtime is None:
-            return _send(request, 404, _status(404, "NotFound",
+            return send_json(request, 404, _status(404, "NotFound",
                                                f'clustertrainingruntimes "{name}" not found'))
-        _send(request, 200, runtime)
+        send_json(request, 200, runtime)
 
     def _create(self, request: BaseHTTPRequestHandler, namespace: str, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -340,33 +344,33 @@ class KubeApi:
             try:
                 self.validate(body)
             except ValueError as error:
-                return _send(request, 422, _status(422, "Invalid", str(error)))
+                return send_json(request, 422, _status(422, "Invalid", str(error)))
         if body["spec"]["runtimeRef"]["name"] not in self.runtimes:
-            return _send(request, 422, _status(422, "Invalid", "no such runtime"))
+            return send_json(request, 422, _status(422, "Invalid", "no such runtime"))
         with self.lock:
             if name in self.jobs:
-                return _send(request, 409, _status(409, "AlreadyExists",
+                return send_json(request, 409, _status(409, "AlreadyExists",
                                                    f'trainjobs "{name}" already exists'))
             body["metadata"].update({"namespace": namespace, "creationTimestamp": _now(),
                                      "uid": str(uuid.uuid4())})
             job = self.jobs[name] = Job(body)
         self._start_nodes(name, job)
-        _send(request, 201, body)
+        send_json(request, 201, body)
 
     def _get_job(self, request: BaseHTTPRequestHandler, name: str) -> None:
         with self.lock:
             job = self.jobs.get(name)
             if job is None:
-                return _send(request, 404, _status(404, "NotFound", f'trainjobs "{name}" not found'))
-            _send(request, 200, self._trainjob(name, job))
+                return send_json(request, 404, _status(404, "NotFound", f'trainjobs "{name}" not found'))
+            send_json(request, 200, self._trainjob(name, job))
 
     def _delete_job(self, request: BaseHTTPRequestHandler, name: str) -> None:
         with self.lock:
             job = self.jobs.pop(name, None)
         if job is None:
-            return _send(request, 404, _status(404, "NotFound", f'trainjobs "{name}" not found'))
+            return send_json(request, 404, _status(404, "NotFound", f'trainjobs "{name}" not found'))
         self._kill(job)
-        _send(request, 200, _status(200, "Success", "deleted"))
+        send_json(request, 200, _status(200, "Success", "deleted"))
 
     def _list_pods(self, request: BaseHTTPRequestHandler, query: dict[str, str]) -> None:
         selector = query.get("labelSelector", "")
@@ -374,12 +378,12 @@ class KubeApi:
                      if term.startswith(f"{JOBSET_NAME_LABEL}=")), "")
         with self.lock:
             pods = self._pods(name)
-        _send(request, 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})
+        send_json(request, 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})
 
     def _pod_log(self, request: BaseHTTPRequestHandler, pod: str, follow: bool) -> None:
         node = self._pod_node(pod)
         if node is None:
-            return _send(request, 404, _status(404, "NotFound", f'pods "{pod}" not found'))
+            return send_json(request, 404, _status(404, "NotFound", f'pods "{pod}" not found'))
         request.send_response(200)
         request.send_header("Content-Type", "text/plain")
         request.end_headers()
@@ -416,15 +420,6 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {},
             "status": "Failure" if code >= 400 else "Success", "message": message, "reason": reason,
             "code": code}
-
-
-def _send(request: BaseHTTPRequestHandler, code: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    request.send_response(code)
-    request.send_header("Content-Type", "application/json")
-    request.send_header("Content-Length", str(len(data)))
-    request.end_headers()
-    request.wfile.write(data)
 
 
 def _now() -> str:

@@ -15,6 +15,7 @@ import yaml
 
 from genrec.config import ControllerConfig
 from genrec.controller.replicas import KubernetesReplicas, ReplicaPusher, StaticReplicas, parse_endpoints
+from testbed.http_json import send_json
 
 K8S = Path(__file__).parent / "data" / "k8s"
 
@@ -101,12 +102,7 @@ class _Replica(BaseHTTPRequestHandler):
         assert self.headers["Authorization"] == "Bearer secret"
         rung = json.loads(body)["rung"]
         status, payload = server.behave(len(server.calls), rung)  # type: ignore[attr-defined]
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, payload)
 
     def log_message(self, *args: object) -> None:
         pass
