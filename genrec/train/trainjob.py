@@ -159,8 +159,9 @@ class TrainJobRunner:
             status = None
         if status is None:
             self.submit(name, command, env or {})
-            log(f"TrainJob {self.namespace}/{name} created: {self.config.nodes} node(s) x "
-                f"{self.config.gpus_per_node or 'CPU'} GPU(s), runtime {self.config.runtime}")
+            per_node = f"{self.config.gpus_per_node} GPU(s)" if self.config.gpus_per_node else "CPU only"
+            log(f"TrainJob {self.namespace}/{name} created: {self.config.nodes} node(s), {per_node} each, "
+                f"runtime {self.config.runtime}")
         else:
             log(f"TrainJob {self.namespace}/{name} is {status}: waiting for it")
         self.wait(name, log)
@@ -228,7 +229,9 @@ class TrainJobRunner:
         for condition in (resource.get("status") or {}).get("conditions") or []:
             if condition.get("type") == FAILED and condition.get("status") == "True":
                 reason, message = condition.get("reason") or "", condition.get("message") or ""
-                return ": ".join(part for part in (reason, message) if part) or "no reason given"
+                text = ": ".join(part for part in (reason, message) if part) or "no reason given"
+                # The controller's message can quote a node's output: the step's error stays one line.
+                return text[:self.config.log_line_chars]
         return "no Failed condition recorded"
 
 
