@@ -27,12 +27,13 @@ run: install
 # Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one of them (its
 # servers and fixtures start once): most tests wait on servers and subprocesses, so two workers
 # on two cores take about 60% of the serial time. TEST_WORKERS=0 runs them in this process. Tests
-# marked `alone` calibrate against the machine's speed: they run afterwards, by themselves.
+# marked `alone` calibrate against the machine's speed: they run first, by themselves, before the
+# parallel part leaves its servers, Ray workers and page cache behind.
 TEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone"
 	$(BIN)/python -m pytest -m alone
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone"
 
 # The tests that start no server (no Redis, Prometheus, genrec serve or pipeline run): a quick loop.
 test-fast: install
