@@ -237,3 +237,40 @@ def test_the_loopback_api_refuses_a_wrong_token_and_an_ungranted_call(tmp_path: 
         with pytest.raises(RuntimeError) as unauthorised:
             client.get_runtime("genrec-torch")
         assert http_status(unauthorised.value) == 401
+
+
+def test_the_wait_rides_out_a_few_api_errors_but_not_a_deleted_job(tmp_path: Path) -> None:
+    """A few failed reads in a row (an API server restart) are logged and retried; the job's
+    completion is still seen. A job deleted under the step, or an API down for good, fails it."""
+    from kubernetes.client import ApiException
+
+    class Job:
+        def __init__(self, status: str) -> None:
+            self.status, self.steps = status, []
+
+    class Client:
+        backend = type("Backend", (), {"namespace": "genrec"})()
+
+        def __init__(self, answers: list[Any]) -> None:
+            self.answers = answers
+
+        def get_job(self, name: str) -> Job:
+            answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+    def failed_read(status: int) -> RuntimeError:
+        error = RuntimeError("Failed to get TrainJob: genrec/x")
+        error.__cause__ = ApiException(status=status)
+        return error
+
+    config = trainjob_config(tmp_path).trainjob
+    lines: list[str] = []
+    flaky = Client([failed_read(503), TimeoutError("timeout"), failed_read(500), Job("Running"), Job("Complete")])
+    TrainJobRunner(config, "image", client=flaky, sleep=lambda _: None).wait("x", lines.append)
+    assert sum("trying again" in line for line in lines) == 3
+    with pytest.raises(TrainJobFailed, match="cannot be read"):
+        TrainJobRunner(config, "image", client=Client([failed_read(404)]), sleep=lambda _: None).wait("x", print)
+    with pytest.raises(TrainJobFailed, match="cannot be read"):
+        TrainJobRunner(config, "image", client=Client([failed_read(503)]), sleep=lambda _: None).wait("x", print)

@@ -40,6 +40,9 @@ COMPLETE, FAILED = "Complete", "Failed"
 LOG_STEP = "node-0"
 # How long the step waits for the log stream to drain once the job has ended.
 LOG_DRAIN_SECONDS = 30.0
+# API errors in a row the wait rides out (an API server restart, a dropped connection) before it
+# fails the step; a retried step would find the job again anyway.
+TRANSIENT_ERRORS_IN_A_ROW = 5
 # Kubernetes names: lowercase alphanumerics and '-', at most 63 characters for a TrainJob (its
 # JobSet names its Jobs and Services after it).
 NAME_HASH_CHARS = 12
@@ -198,9 +201,20 @@ class TrainJobRunner:
     def wait(self, name: str, log: Callable[[str], None]) -> None:
         deadline = self.clock() + self.config.timeout_minutes * 60
         stream: LogStream | None = None
+        errors_in_a_row = 0
         try:
             while True:
-                job = self.client.get_job(name)
+                try:
+                    job = self.client.get_job(name)
+                    errors_in_a_row = 0
+                except (RuntimeError, TimeoutError) as error:
+                    errors_in_a_row += 1
+                    if _not_found(error) or errors_in_a_row >= TRANSIENT_ERRORS_IN_A_ROW:
+                        raise TrainJobFailed(
+                            f"TrainJob {self.namespace}/{name} cannot be read: {error}") from error
+                    log(f"reading TrainJob {self.namespace}/{name} failed ({error}); trying again")
+                    self.sleep(self.config.poll_seconds)
+                    continue
                 if stream is None and _node_started(job):
                     stream = LogStream(lambda: self.client.get_job_logs(name, step=LOG_STEP, follow=True),
                                        log, self.config.log_line_chars)
