@@ -89,9 +89,10 @@ class RedisSummaryWriter:
         """Writes every row (one user each); returns how many.
 
         To a plain Redis, each batch goes out as one buffer of RESP commands put together here, and
-        its replies are read back and checked: redis-py's pipeline spends about 40 us of Python per
-        user (a command object, argument packing and a parsed reply each), four times what Redis
-        itself spends. `write_pipelined` is the simple reference, and the path for clustered Redis."""
+        its replies are read back and checked. redis-py's pipeline makes a command object, packs the
+        arguments and parses a reply per user in Python: one writer of 256-byte summaries managed
+        about 60,000 users/s through it, and about 110,000 this way. `write_pipelined` is the simple
+        reference, and the path for clustered Redis."""
         if not self.plain:
             return self.write_pipelined(frame, batch_rows)
         rows = _SummaryRows.of(frame)
