@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from genrec.config import GenrecConfig
-from genrec.data.partitioned import read_bucket, read_partitioning
+from genrec.data.partitioned import Partitioning, read_bucket, read_partitioning
 from genrec.distributed import RaySession
 from genrec.evaluate import CUTOFFS, hit_ranks, recommend, user_terms
 from genrec.model.artefact import TrainedModel, load_model
@@ -78,6 +78,9 @@ class MetricSums:
 @dataclass(frozen=True)
 class BucketTask:
     splits: str
+    # Read once by the driver: a task then opens only its part, which is where the workers can see
+    # it (on the shared volume, with a cluster), not the step's own artefact folder.
+    partitioning: Partitioning
     bucket: int
     model: str
     beam_widths: tuple[int, ...]
@@ -100,7 +103,7 @@ def evaluate_bucket(task: BucketTask) -> dict[str, MetricSums]:
     if task.threads:
         torch.set_num_threads(task.threads)
     trained = _model(task.model)
-    frame = read_bucket(task.splits, task.bucket)
+    frame = read_bucket(task.splits, task.bucket, partitioning=task.partitioning)
     catalogue = trained.decoder.item_codes.shape[0]
     out = {}
     for split in SPLITS:
@@ -123,14 +126,17 @@ def evaluate_partitioned(config: GenrecConfig, splits_dir: str | Path, model_dir
         raise ValueError("a model that reads summary tokens is evaluated in one process "
                          "(train.evaluate_engine: process): its summaries come from the feature store")
     catalogue = trained.decoder.item_codes.shape[0]
-    buckets = read_partitioning(splits_dir).buckets
+    partitioning = read_partitioning(splits_dir)
     totals = {split: MetricSums() for split in SPLITS}
     with RaySession.open(config.ray) as session, session.staging(model_dir, "model") as staging:
-        model = staging / "model"
-        shutil.copytree(model_dir, model)
-        tasks = [BucketTask(str(Path(splits_dir).resolve()), bucket, str(model), tuple(train.beam_widths),
-                            train.top_k, train.eval_batch_size, train.exclude_history, train.threads)
-                 for bucket in range(buckets)]
+        model = Path(model_dir).resolve()
+        if not session.embedded:  # the cluster's workers see the shared volume, not this pod
+            model = staging / "model"
+            shutil.copytree(model_dir, model)
+        tasks = [BucketTask(str(Path(splits_dir).resolve()), partitioning, bucket, str(model),
+                            tuple(train.beam_widths), train.top_k, train.eval_batch_size,
+                            train.exclude_history, train.threads)
+                 for bucket in range(partitioning.buckets)]
         for _, sums in session.imap(evaluate_bucket, tasks, "evaluate: score every user, bucket by bucket"):
             for split in SPLITS:
                 totals[split] = totals[split].add(sums[split])
