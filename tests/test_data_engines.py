@@ -254,3 +254,36 @@ def test_a_failing_rule_at_scale_stops_names_it_and_writes_nothing(synthetic_log
     assert np.isclose(by_rule[("value", "expect_column_values_to_be_between")][4][0]["value"], -1.0)
     # The repeated event also comes back in time: out of order at the same source row.
     assert [e["row"] for e in by_rule[("timestamp", "expect_column_values_to_be_in_set")][4]] == [10]
+
+
+def test_the_benchmarks_repeated_redis_write_leaves_what_the_step_wrote(synthetic_log: Path,
+                                                                          tmp_path: Path) -> None:
+    """bench_scale times the materialise step's write into Redis again into an emptied Redis, with
+    the function the step uses: it must write the same users' hashes, byte for byte."""
+    import redis as redis_py
+
+    from benchmarks.bench_scale import repeat_online_write
+    from testbed.redis import running_redis
+
+    config = synthetic_config(synthetic_log)
+    prep = GenrecConfig.from_dict({**config.to_dict(), "data": {**config.to_dict()["data"], "engine": "pandas"}})
+    ingest_to_artefacts(prep, tmp_path / "interactions", tmp_path / "catalogue.parquet")
+    split_to_artefact(prep, tmp_path / "interactions", tmp_path / "splits")
+    summarizer = train_tiny_summarizer(config, tmp_path / "splits", tmp_path / "summarizer.pt")
+    with running_redis(tmp_path) as server:
+        config.data.engine, config.features.online_store = "ray", "redis"
+        config.features.redis_connection_string = f"127.0.0.1:{server.port}"
+        client = redis_py.Redis(host="127.0.0.1", port=server.port)
+
+        def stored() -> dict[bytes, dict[bytes, bytes]]:
+            return {key: client.hgetall(key) for key in client.scan_iter(count=1000)}
+
+        outcome = materialize_from_splits(config, tmp_path / "splits", summarizer, tmp_path / "repo",
+                                          tmp_path / "latest")
+        by_step = stored()
+        seconds = repeat_online_write(config, tmp_path, 1)
+        again = stored()
+        client.close()
+    users = outcome.metrics["users"]
+    assert len(seconds) == 1 and seconds[0] > 0 and users > 100
+    assert len(again) == users and all(again[key] == by_step[key] for key in again)

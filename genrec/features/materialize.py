@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from genrec.config import GenrecConfig
+from genrec.config import FeatureStoreConfig, GenrecConfig
 from genrec.data.partitioned import (
     Partitioning,
     part_path,
@@ -219,6 +219,26 @@ def write_online_bucket(task: OnlineTask) -> int:
     return _repo(task.repo).write_online_summaries(latest, task.batch_rows)
 
 
+def write_latest_online(session: RaySession, repo: FeatureRepo, latest_dir: str | Path, buckets: int,
+                        store: FeatureStoreConfig) -> MaterializeStats:
+    """Writes every bucket of the newest snapshots at `latest_dir` into the repo's online store: as
+    parallel Ray tasks into Redis, which takes many writers; one bucket at a time from this process
+    into sqlite, which is one file."""
+    online_tasks = [OnlineTask(str(repo.path), str(latest_dir), b, store.online_write_batch_rows)
+                    for b in range(buckets)]
+    started = time.perf_counter()
+    what = f"materialise: newest snapshots into {store.online_store}"
+    if store.online_store == "redis":
+        users = sum(session.map(write_online_bucket, online_tasks, what))
+    else:
+        progress = LineProgress(what)
+        users = 0
+        for done, task in enumerate(online_tasks, start=1):
+            users += write_online_bucket(task)
+            progress(done, len(online_tasks))
+    return MaterializeStats(USER_SUMMARY_VIEW, users, time.perf_counter() - started)
+
+
 # A worker runs many bucket tasks: the model and the store are loaded once per worker.
 @functools.lru_cache(maxsize=1)
 def _summarizer(path: str) -> TrainedSummarizer:
@@ -273,25 +293,14 @@ def _materialize_on_ray(config: GenrecConfig, splits_dir: str | Path, buckets: i
             write_partitioning(latest_folder, latest)
             write_partitioning(summaries_dir, Partitioning(buckets, [r.rows for r in totals.results]))
             write_partitioning(history_dir, Partitioning(buckets, [r.history_rows for r in totals.results]))
-            online_tasks = [OnlineTask(str(repo.path), str(latest_folder), b, store.online_write_batch_rows)
-                            for b in range(buckets)]
-            started = time.perf_counter()
-            what = f"materialise: newest snapshots into {store.online_store}"
-            if store.online_store == "redis":  # Redis takes parallel writers: a task per bucket
-                users = sum(session.map(write_online_bucket, online_tasks, what))
-            else:  # sqlite is one file: one writer, this process, a bucket at a time
-                progress = LineProgress(what)
-                users = 0
-                for done, task in enumerate(online_tasks, start=1):
-                    users += write_online_bucket(task)
-                    progress(done, len(online_tasks))
-            online = [MaterializeStats(USER_SUMMARY_VIEW, users, time.perf_counter() - started)]
+            online = [write_latest_online(session, repo, latest_folder, buckets, store)]
         span = totals.span()
         if span is not None:
             repo._record_materialization(USER_SUMMARY_VIEW, *span)
         if item_sids is not None:
             online += repo.materialize((ITEM_SID_VIEW,), store.online_write_batch_rows)
-    metrics = summary_metrics(users, int(totals.sum("rows")), totals.sum("snapshot_seconds"), online)
+    metrics = summary_metrics(online[0].entities, int(totals.sum("rows")), totals.sum("snapshot_seconds"),
+                              online)
     repo.update_manifest(schedule=schedule.describe(), snapshot_splits=list(vista.snapshot_splits),
                          summary_shape=[vista.summary_tokens, vista.dim], dataset=config.data.dataset,
                          **metrics)
