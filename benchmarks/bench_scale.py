@@ -237,15 +237,17 @@ def timed_step(step: str, engine: str, config_path: Path, overrides: list[str], 
 # ------------------------------------------------------------------------------------------------
 
 
-def synth_log(events: int, seed: int, work: Path) -> Path:
+def synth_log(events: int, seed: int, work: Path, synth: SynthConfig | None = None, tag: str = "") -> Path:
+    """The log of `events` events (default shapes, or `synth`'s under a folder named with `tag`),
+    generated once into `work`."""
     from genrec.data.synth import generate
     from genrec.progress import LineProgress
 
-    folder = work / f"log-{events}-{seed}"
+    folder = work / (f"log-{events}-{seed}" + (f"-{tag}" if tag else ""))
     if not (folder / "synth.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         started = time.perf_counter()
-        generate(events, folder, seed, SynthConfig(), LineProgress(f"synth {events:,} events"))
+        generate(events, folder, seed, synth or SynthConfig(), LineProgress(f"synth {events:,} events"))
         print(f"synth {events:,} events in {time.perf_counter() - started:.0f} s", flush=True)
     return folder
 

@@ -18,7 +18,9 @@ def finetune_rspo(
     """Fine-tunes `vsl_model` with RSPO (or the DPO ablation, `rspo.loss`) on the TRAINING rows of
     `splits`: beam-searched candidate lists, value rewards, the VSL model as frozen reference. Writes
     the tuned model folder (with pi_ref and the optimiser state, so continual updates can follow),
-    a report with the loss curve and validation before/after, and the run's figures."""
+    a report with the loss curve and validation before/after, and the run's figures. With
+    `train.launcher: trainjob`, fine-tunes in a Kubeflow Trainer TrainJob across nodes instead
+    (genrec.train.trainjob), streaming its log here."""
     import dataclasses
 
     import matplotlib.pyplot as plt
@@ -32,11 +34,19 @@ def finetune_rspo(
 
     cfg = GenrecConfig.from_dict(config)
     start = load_model(vsl_model.path)
-    result = finetune(cfg, read_parquet(splits.path), start, vsl_model.path,
-                      log=lambda line: print(line, flush=True))
-    save_rspo_model(model.path, result, start.item_ids, vsl_model.path)
+    if cfg.train.launcher == "trainjob":
+        from genrec.train.trainjob import finetune_as_trainjob
+
+        # The job's name and shared folder follow the output's URI: a retried step finds its job.
+        finetune_as_trainjob(cfg, "finetune_rspo", model.uri, splits.path, vsl_model.path, model.path,
+                             log=lambda line: print(line, flush=True))
+    else:
+        # A streamed run (rspo.examples=stream) reads the splits a bucket at a time.
+        source = splits.path if cfg.rspo.examples == "stream" else read_parquet(splits.path)
+        result = finetune(cfg, source, start, vsl_model.path, log=lambda line: print(line, flush=True))
+        save_rspo_model(model.path, result, start.item_ids, vsl_model.path)
+    stats = load_model(model.path).manifest["rspo"]
     dataset = splits.metadata.get("dataset", "dataset")
-    stats = result.stats
     keys = ("recall@10", "ndcg@10", "value@10")
     page = HtmlReport(f"RSPO fine-tuning ({cfg.rspo.loss}): {dataset}")
     page.note("Validation figures are on a user subset (rspo.valid_users); quote the evaluate step's "
@@ -45,11 +55,12 @@ def finetune_rspo(
                   "requests": stats["requests"], "finished": stats["finished"]})
     page.table(["metric", "VSL (before)", "after"],
                [[k, stats["valid_before"][k], stats["valid_after"][k]] for k in keys])
-    if result.curve:
+    curve = stats["curve"]
+    if curve:
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        steps = [point["step"] for point in result.curve]
+        steps = [point["step"] for point in curve]
         for name in ("loss", "preference", "kl"):
-            ax.plot(steps, [point[name] for point in result.curve], marker="o", label=name)
+            ax.plot(steps, [point[name] for point in curve], marker="o", label=name)
         ax.set_xlabel("step")
         ax.legend()
         page.plot(fig, "Training loss (gain-weighted preference + kl_weight x list KL) per logged window.")

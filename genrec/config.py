@@ -153,6 +153,16 @@ class SidConfig:
     balanced: bool = True
     balance_slack: float = 1.0
     kmeans_iters: int = 20
+    # "full" runs Lloyd on every item each iteration (its distances are items x codes); "minibatch"
+    # fits each level on random batches of `kmeans_batch_items` and assigns the items batch by batch
+    # (a million items need no more memory than one batch); "auto" takes full up to
+    # `kmeans_full_max_items` items.
+    kmeans_mode: Literal["auto", "full", "minibatch"] = "auto"
+    kmeans_full_max_items: int = 200_000
+    kmeans_batch_items: int = 65_536
+    # Mini-batch updates per level (each one batch), and items the k-means++ start is drawn from.
+    kmeans_batch_iters: int = 60
+    kmeans_init_items: int = 65_536
     # Text part: the packaged all-MiniLM-L6-v2, on title, description and categories.
     use_text: bool = True
     text_weight: float = 1.0
@@ -326,6 +336,10 @@ class RspoConfig:
     # only), each rewarded with its value, so a list can hold positives of different value and the
     # softmax prefers the more valuable one. Never past the training rows.
     positive_window: int = 1
+    # Where the offline requests come from, as train.examples: "memory" builds them all up front;
+    # "stream" reads the partitioned splits a bucket at a time per rank (positive_window 1 only: a
+    # streamed batch mixes users, so an example's later items are not beside it).
+    examples: Literal["memory", "stream"] = "memory"
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -882,10 +896,11 @@ class GenrecConfig:
         if not 0 < job.poll_seconds < job.timeout_minutes * 60:
             raise ConfigError("trainjob.poll_seconds must be positive and below trainjob.timeout_minutes")
         if self.train.launcher == "trainjob":
-            if "train_generator" in self.pipeline.gpu_steps:
-                raise ConfigError("pipeline.gpu_steps names train_generator, whose pod only waits for its "
-                                  "TrainJob with train.launcher: trainjob (the nodes get "
-                                  "trainjob.gpus_per_node GPUs each): drop it from pipeline.gpu_steps")
+            for step in ("train_generator", "finetune_rspo"):
+                if step in self.pipeline.gpu_steps:
+                    raise ConfigError(f"pipeline.gpu_steps names {step}, whose pod only waits for its "
+                                      "TrainJob with train.launcher: trainjob (the nodes get "
+                                      f"trainjob.gpus_per_node GPUs each): drop it from pipeline.gpu_steps")
             if self.model.use_summary:
                 raise ConfigError("model.use_summary is not wired into a TrainJob yet (its nodes do not read "
                                   "the feature store): train.launcher: local")
@@ -982,6 +997,10 @@ class GenrecConfig:
                 raise ConfigError(f"rspo.{name} must be at least 1")
         if not rspo.beam_widths or min(rspo.beam_widths) < 1:
             raise ConfigError("rspo.beam_widths needs at least one width, each at least 1")
+        if rspo.examples == "stream" and rspo.positive_window != 1:
+            raise ConfigError(f"rspo.positive_window={rspo.positive_window} needs rspo.examples=memory: a "
+                              "streamed batch mixes users, so only an example's own next item can be its "
+                              "positive (set rspo.positive_window=1 to stream)")
         if rspo.beta <= 0 or rspo.lr <= 0:
             raise ConfigError("rspo.beta and rspo.lr must be positive")
         for name in ("kl_weight", "weight_decay", "grad_clip", "max_minutes", "max_steps", "gain_cutoff",
@@ -1043,12 +1062,17 @@ class GenrecConfig:
             raise ConfigError("sid.balance_slack must be at least 1.0: less leaves items without a code")
         if sid.value_buckets < 2:
             raise ConfigError("sid.value_buckets must be at least 2")
-        positive = ("kmeans_iters", "text_batch_size", "text_max_tokens", "attribute_dim", "collab_window",
-                    "collab_dim", "svd_iters", "rqvae_hidden_dim", "rqvae_latent_dim", "rqvae_epochs",
-                    "rqvae_batch_size", "show_limit")
+        positive = ("kmeans_iters", "kmeans_full_max_items", "kmeans_batch_items", "kmeans_batch_iters",
+                    "kmeans_init_items", "text_batch_size", "text_max_tokens", "attribute_dim",
+                    "collab_window", "collab_dim", "svd_iters", "rqvae_hidden_dim", "rqvae_latent_dim",
+                    "rqvae_epochs", "rqvae_batch_size", "show_limit")
         for name in positive:
             if getattr(sid, name) < 1:
                 raise ConfigError(f"sid.{name} must be at least 1")
+        if sid.kmeans_batch_items < sid.codes_per_level or sid.kmeans_init_items < sid.codes_per_level:
+            raise ConfigError(f"sid.kmeans_batch_items ({sid.kmeans_batch_items}) and sid.kmeans_init_items "
+                              f"({sid.kmeans_init_items}) must be at least sid.codes_per_level "
+                              f"({sid.codes_per_level}): a batch must have an item for every code")
         if sid.svd_threads < 0:
             raise ConfigError("sid.svd_threads must be 0 (every CPU this process may use) or more")
         if sid.rqvae_threads < 0:

@@ -32,7 +32,7 @@ RAY_STEPS = ("ingest_and_validate", "split_interactions", "build_codebook", "mat
 RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
 # The steps that train in a Kubeflow Trainer TrainJob with train.launcher=trainjob: their own pods
 # only stage, wait and copy, on the shared volume the TrainJob's nodes mount.
-TRAINJOB_STEPS = ("train_generator",)
+TRAINJOB_STEPS = ("train_generator", "finetune_rspo")
 # The label the RayCluster's NetworkPolicy lets through to the Ray Client port.
 RAY_CLIENT_LABEL = "genrec.io/ray-client"
 

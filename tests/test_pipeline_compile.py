@@ -25,7 +25,7 @@ def resources(spec: dict[str, Any], executor: str) -> dict[str, Any]:
 
 @pytest.fixture
 def gpu_steps() -> set[str]:
-    # train_generator trains in a TrainJob on the cluster (its own pod only waits): RSPO keeps a GPU.
+    # RSPO in its own pod (train.launcher=local) on a GPU node.
     return {"exec-finetune-rspo"}
 
 
@@ -44,14 +44,19 @@ def test_the_default_compile_asks_for_no_gpu_and_names_the_cpu_image(tmp_path: P
 def test_gpu_steps_request_accelerators_and_land_on_gpu_nodes(tmp_path: Path, gpu_steps: set[str]) -> None:
     from genrec.config import load_config
 
-    cfg = load_config(REPO / "configs" / "cluster.yaml")
-    assert "cuda" in cfg.pipeline.image, "the cluster config names the CUDA image with its GPU steps"
+    cluster = load_config(REPO / "configs" / "cluster.yaml")
+    assert "cuda" in cluster.pipeline.image, "the cluster config names the CUDA image its TrainJobs run"
+    # On the cluster both training steps train in TrainJobs: their own pods hold no GPU.
+    assert cluster.train.launcher == "trainjob" and cluster.pipeline.gpu_steps == []
+    spec, _ = compiled(cluster, tmp_path)
+    assert not [name for name in spec["deploymentSpec"]["executors"] if "accelerator" in resources(spec, name)]
+    cfg = cluster.with_overrides(["train.launcher=local", "pipeline.gpu_steps=[finetune_rspo]"])
     spec, platform = compiled(cfg, tmp_path)
     for executor in spec["deploymentSpec"]["executors"].values():
         assert executor["container"]["image"] == cfg.pipeline.image
     executors = spec["deploymentSpec"]["executors"]
     present_gpu = gpu_steps & set(executors)
-    assert "exec-finetune-rspo" in present_gpu and cfg.train.launcher == "trainjob"
+    assert "exec-finetune-rspo" in present_gpu
     for name in present_gpu:
         res = resources(spec, name)
         assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -139,16 +144,14 @@ def test_data_steps_join_the_ray_cluster_from_its_secret(tmp_path: Path) -> None
         assert platform[step]["podMetadata"]["labels"] == {"genrec.io/ray-client": "true"}
     # The evaluate step scores users on the same Ray (train.evaluate_engine: ray).
     assert [s["secretName"] for s in platform["exec-evaluate"]["secretAsEnv"]] == [cfg.ray.secret]
-    # train_generator mounts the volume its TrainJob's nodes share, and joins no Ray.
-    assert [(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"])
-            for m in platform["exec-train-generator"]["pvcMount"]] == [
-        (cfg.trainjob.shared_volume_claim, cfg.trainjob.shared_dir)]
+    # The training steps mount the volume their TrainJobs' nodes share, and join no Ray.
     for step in ("exec-train-generator", "exec-finetune-rspo"):
+        assert [(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"])
+                for m in platform[step]["pvcMount"]] == [(cfg.trainjob.shared_volume_claim, cfg.trainjob.shared_dir)]
         assert not [s for s in platform.get(step, {}).get("secretAsEnv", []) if s["secretName"] == cfg.ray.secret]
-    assert "pvcMount" not in platform.get("exec-finetune-rspo", {})
     local = cfg.with_overrides(["train.launcher=local", "train.evaluate_engine=process"])
     _, platform = compiled(local, tmp_path)
-    for step in ("exec-train-generator", "exec-evaluate"):
+    for step in ("exec-train-generator", "exec-finetune-rspo", "exec-evaluate"):
         assert "pvcMount" not in platform.get(step, {}) and "secretAsEnv" not in platform.get(step, {})
     # The in-memory engine needs neither.
     pandas = cfg.with_overrides(["data.engine=pandas"])

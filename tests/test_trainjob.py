@@ -98,8 +98,11 @@ def test_job_names_are_stable_per_output_and_valid_kubernetes_names() -> None:
 def test_the_config_names_what_a_trainjob_needs() -> None:
     with pytest.raises(ConfigError, match="trainjob.shared_dir"):
         GenrecConfig.from_dict({"train": {"launcher": "trainjob"}, "trainjob": {"shared_dir": "relative"}})
-    with pytest.raises(ConfigError, match="pipeline.gpu_steps"):
-        GenrecConfig.from_dict({"train": {"launcher": "trainjob"}, "pipeline": {"gpu_steps": ["train_generator"]}})
+    for step in ("train_generator", "finetune_rspo"):
+        with pytest.raises(ConfigError, match=f"pipeline.gpu_steps names {step}"):
+            GenrecConfig.from_dict({"train": {"launcher": "trainjob"}, "pipeline": {"gpu_steps": [step]}})
+    with pytest.raises(ConfigError, match="rspo.positive_window=3 needs rspo.examples=memory"):
+        GenrecConfig.from_dict({"rspo": {"examples": "stream", "positive_window": 3}})
     with pytest.raises(ConfigError, match="model.use_summary"):
         GenrecConfig.from_dict({"train": {"launcher": "trainjob"}, "model": {"use_summary": True}})
     with pytest.raises(ConfigError, match="trainjob.poll_seconds"):
@@ -196,6 +199,47 @@ def test_a_two_node_trainjob_trains_the_model_and_a_retried_step_reuses_or_repla
         # ConfigMap, which the SDK reads only to warn, is not granted).
         trainjob_roles = {"genrec-pipeline-trainjobs", "genrec-pipeline-trainingruntime-reader"}
         assert granted(rbac, trainjob_roles) == api.used - {Permission("get", "", "configmaps", "kubeflow-system")}
+
+
+def test_finetune_rspo_runs_as_a_two_node_trainjob_on_streamed_requests(inputs: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """finetune_rspo on a cluster: the VSL model is staged in place of the codebook, two torchrun
+    nodes run `genrec.train.rspo` on requests streamed from the partitioned splits, averaging their
+    gradients, and rank 0's tuned model lands in the step's output; the served VSL model is untouched."""
+    import torch
+
+    from genrec.model.artefact import load_model, save_model
+    from genrec.model.decoder import SidDecoder, SidSpace, build_decoder
+    from genrec.sid.codebook import Codebook
+    from genrec.train.trainjob import finetune_as_trainjob
+
+    splits, codebook_dir = inputs
+    documents = gpu_overlay()
+    rbac = Rbac.for_subject(documents, *PIPELINE_ACCOUNT)
+    codebook = Codebook.load(codebook_dir)
+    with running_kube_api(tmp_path / "api", runtimes=runtimes(), rbac=rbac, validate=validate_trainjob,
+                          env={"OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}) as api:
+        config = trainjob_config(tmp_path / "shared", api.kubeconfig()).with_overrides([
+            "rspo.examples=stream", "rspo.candidates=5", "rspo.beam_widths=[4]", "rspo.batch_size=4",
+            "rspo.max_examples_per_user=2", "rspo.valid_users=5", "rspo.log_every=1", "rspo.lr=0.01"])
+        torch.manual_seed(0)
+        decoder: SidDecoder = build_decoder(config.model, SidSpace(codebook.level_sizes, codebook.codes))
+        vsl = save_model(tmp_path / "vsl", decoder, codebook.item_ids)
+        before = (vsl / "model.pt").read_bytes()
+        output_uri = "minio://mlpipeline/v2/artifacts/genrec/run-1/finetune-rspo/model"
+        lines: list[str] = []
+        finetune_as_trainjob(config, "finetune_rspo", output_uri, splits, vsl, tmp_path / "model", lines.append)
+        body = api.jobs[job_name("finetune_rspo", output_uri)].body
+    assert not crd_errors(body)
+    command = body["spec"]["trainer"]["command"]
+    assert command[:2] == ["torchrun", "--nproc_per_node=1"] and command[2:4] == ["-m", "genrec.train.rspo"]
+    assert body["spec"]["trainer"]["numNodes"] == 2
+    record = load_model(tmp_path / "model").manifest["rspo"]
+    assert record["world_size"] == 2 and record["examples"] == "stream" and record["steps"] > 1
+    assert any("rspo (rspo" in line and "on each of 2 rank(s)" in line for line in lines), lines
+    assert (vsl / "model.pt").read_bytes() == before
+    tuned = load_model(tmp_path / "model").decoder.state_dict()
+    assert any(not torch.equal(tensor, decoder.state_dict()[name]) for name, tensor in tuned.items())
 
 
 @pytest.mark.integration

@@ -106,14 +106,75 @@ def _centroid_means(points: np.ndarray, labels: np.ndarray, previous: np.ndarray
     return centroids
 
 
+def minibatch_kmeans(points: np.ndarray, k: int, config: SidConfig, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(Balanced) mini-batch k-means (Sculley 2010) for catalogues too large for `kmeans`.
+
+    The start is k-means++ on a random `kmeans_init_items` items. Each of `kmeans_batch_iters`
+    updates assigns a random batch (under the batch's share of the capacity when balanced) and moves
+    each code towards its batch mean with a step of batch count / all counts so far, so a code
+    settles as it sees more items. The final assignment walks the items in a random order, a batch
+    at a time, each batch balanced under its own share of the capacity: a code then holds at most
+    ceil(slack * batch / k) items per batch, and memory is one batch's distances.
+    Returns (centroids (k', d), labels)."""
+    n = len(points)
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+    start = rng.choice(n, size=min(n, config.kmeans_init_items), replace=False)
+    centroids, _ = kmeans_plusplus(points[np.sort(start)], n_clusters=k,
+                                   random_state=int(rng.integers(2**31 - 1)))
+    seen = np.zeros(k, dtype=np.int64)
+    batch = min(n, config.kmeans_batch_items)
+    for _ in range(config.kmeans_batch_iters):
+        rows = np.sort(rng.choice(n, size=batch, replace=False))
+        sample = points[rows]
+        dist = squared_distances(sample, centroids)
+        labels = _assign(dist, batch, k, config)
+        counts = np.bincount(labels, minlength=k)
+        sums = sp.csr_matrix((np.ones(batch), (labels, np.arange(batch))), shape=(k, batch)) @ sample
+        seen += counts
+        hit = counts > 0
+        step = counts[hit] / seen[hit]
+        centroids[hit] += step[:, None] * (sums[hit] / counts[hit][:, None] - centroids[hit])
+        never = np.flatnonzero(seen == 0)
+        if never.size:
+            # A code no batch has chosen yet restarts at the batch's items worst served by theirs.
+            own = dist[np.arange(batch), labels]
+            centroids[never] = sample[np.argsort(-own, kind="stable")[: never.size]]
+    labels = np.empty(n, dtype=np.int64)
+    order = rng.permutation(n)
+    for first in range(0, n, batch):
+        rows = order[first:first + batch]
+        labels[rows] = _assign(squared_distances(points[rows], centroids), len(rows), k, config)
+    return centroids, labels
+
+
+def _assign(dist: np.ndarray, rows: int, k: int, config: SidConfig) -> np.ndarray:
+    if not config.balanced:
+        return np.asarray(dist.argmin(axis=1), dtype=np.int64)
+    return balanced_assign(dist, max(1, math.ceil(config.balance_slack * rows / k)))
+
+
+def uses_minibatch(items: int, config: SidConfig) -> bool:
+    """Whether `rq_kmeans` fits a catalogue of `items` items in mini-batches."""
+    if config.kmeans_mode == "auto":
+        return items > config.kmeans_full_max_items
+    return config.kmeans_mode == "minibatch"
+
+
 def rq_kmeans(features: np.ndarray, config: SidConfig) -> Quantised:
     """Residual k-means: level l clusters what levels < l left unexplained."""
     residual = np.asarray(features, dtype=np.float64).copy()
     codes = np.zeros((len(residual), config.levels), dtype=np.int64)
     centroids = []
+    minibatch = uses_minibatch(len(residual), config)
     for level in range(config.levels):
-        level_centroids, labels = kmeans(residual, config.codes_per_level, config.kmeans_iters,
-                                         config.seed + level, config.balanced, config.balance_slack)
+        if minibatch:
+            level_centroids, labels = minibatch_kmeans(residual, config.codes_per_level, config,
+                                                       config.seed + level)
+        else:
+            level_centroids, labels = kmeans(residual, config.codes_per_level, config.kmeans_iters,
+                                             config.seed + level, config.balanced, config.balance_slack)
         codes[:, level] = labels
         centroids.append(level_centroids)
         residual -= level_centroids[labels]

@@ -1,7 +1,9 @@
 """Training as a Kubeflow Trainer TrainJob: staged on a shared volume, submitted with the kubeflow
 SDK's `TrainerClient` (Kubernetes backend), watched to the end.
 
-A training step on a cluster (`train.launcher: trainjob`) does not train in its own pod. It
+A training step on a cluster (`train.launcher: trainjob`: train_generator, and finetune_rspo with
+`-m genrec.train.rspo` and the VSL model staged in place of the codebook) does not train in its own
+pod. It
 
 1. stages what the nodes need under `trainjob.shared_dir` (a ReadWriteMany volume that the step's
    pod and every node mount at the same path): the config, the codebook and the splits' partitioning
@@ -73,6 +75,10 @@ class StagedTraining:
         return self.root / "codebook"
 
     @property
+    def vsl_model(self) -> Path:
+        return self.root / "vsl_model"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
@@ -90,15 +96,29 @@ def job_name(step: str, output_uri: str) -> str:
 
 def stage_training(config: GenrecConfig, name: str, splits: str | Path,
                    codebook: str | Path) -> StagedTraining:
-    """Puts the config, the codebook and the splits under `trainjob.shared_dir`/`name`. Splits
-    whose parts live elsewhere on the shared volume (a Ray run's `location`) are staged as their
-    partitioning file alone; a parquet file or a folder holding its own parts is copied."""
+    """Puts the config, the codebook and the splits under `trainjob.shared_dir`/`name`."""
+    staged = _stage_splits(config, name, splits)
+    _replace_tree(Path(codebook), staged.codebook)
+    return staged
+
+
+def stage_finetuning(config: GenrecConfig, name: str, splits: str | Path,
+                     vsl_model: str | Path) -> StagedTraining:
+    """Puts the config, the VSL model to fine-tune and the splits under `trainjob.shared_dir`/`name`."""
+    staged = _stage_splits(config, name, splits)
+    _replace_tree(Path(vsl_model), staged.vsl_model)
+    return staged
+
+
+def _stage_splits(config: GenrecConfig, name: str, splits: str | Path) -> StagedTraining:
+    """The staging folder with the config and the splits. Splits whose parts live elsewhere on the
+    shared volume (a Ray run's `location`) are staged as their partitioning file alone; a parquet
+    file or a folder holding its own parts is copied."""
     root = Path(config.trainjob.shared_dir) / name
     splits = Path(splits)
     staged = StagedTraining(root, root / "splits" / (splits.name if splits.is_file() else ""))
     staged.root.mkdir(parents=True, exist_ok=True)
     staged.config.write_text(json.dumps(config.to_dict()))
-    _replace_tree(Path(codebook), staged.codebook)
     shutil.rmtree(staged.splits, ignore_errors=True)
     if splits.is_dir() and (splits / PARTITIONING_FILE).is_file() and read_partitioning(splits).location:
         location = Path(read_partitioning(splits).location)
@@ -119,10 +139,21 @@ def training_command(config: GenrecConfig, staged: StagedTraining) -> list[str]:
     """What every node runs: a process per GPU (or `train.processes` on CPU nodes); torchrun takes
     its node count, rank and rendezvous from the PET_* variables that the runtime's torch policy
     sets."""
-    processes = config.trainjob.gpus_per_node or config.train.processes
-    return ["torchrun", f"--nproc_per_node={processes}", "-m", "genrec.train", "--config", str(staged.config),
+    return [*_torchrun(config), "-m", "genrec.train", "--config", str(staged.config),
             "--splits", str(staged.splits_input), "--codebook", str(staged.codebook),
             "--work-dir", str(staged.checkpoints), "--model-dir", str(staged.model)]
+
+
+def finetuning_command(config: GenrecConfig, staged: StagedTraining) -> list[str]:
+    """What every node of an RSPO job runs: `genrec.train.rspo` under torchrun, as training."""
+    return [*_torchrun(config), "-m", "genrec.train.rspo", "--config", str(staged.config),
+            "--splits", str(staged.splits_input), "--vsl-model", str(staged.vsl_model),
+            "--model-dir", str(staged.model)]
+
+
+def _torchrun(config: GenrecConfig) -> list[str]:
+    processes = config.trainjob.gpus_per_node or config.train.processes
+    return ["torchrun", f"--nproc_per_node={processes}"]
 
 
 class TrainJobRunner:
@@ -319,5 +350,17 @@ def train_as_trainjob(config: GenrecConfig, step: str, output_uri: str, splits: 
     staged = stage_training(config, name, splits, codebook)
     runner = runner or TrainJobRunner(config.trainjob, config.pipeline.image)
     runner.run(name, training_command(config, staged), log)
+    fetch_model(staged, model_dir)
+    return staged
+
+
+def finetune_as_trainjob(config: GenrecConfig, step: str, output_uri: str, splits: str | Path,
+                         vsl_model: str | Path, model_dir: str | Path, log: Callable[[str], None],
+                         runner: TrainJobRunner | None = None) -> StagedTraining:
+    """The whole of an RSPO step on a cluster: stage, run the TrainJob, fetch the tuned model."""
+    name = job_name(step, output_uri)
+    staged = stage_finetuning(config, name, splits, vsl_model)
+    runner = runner or TrainJobRunner(config.trainjob, config.pipeline.image)
+    runner.run(name, finetuning_command(config, staged), log)
     fetch_model(staged, model_dir)
     return staged

@@ -32,8 +32,12 @@ class RspoTrainer:
 
     def __init__(self, policy: SidDecoder, reference: SidDecoder, config: RspoConfig, scale: float,
                  state: dict[str, Any] | None = None, device: torch.device | str = "cpu",
-                 include_extras: bool = True) -> None:
+                 include_extras: bool = True, world: int = 1) -> None:
         self.config = config
+        # Data-parallel ranks: each steps on its own requests, and the gradients are averaged over
+        # the ranks before clipping, so every rank keeps the same weights (what DDP does; the
+        # policy is not wrapped because beam search and list scoring call more than its forward).
+        self.world = world
         self.include_extras = include_extras
         self.scale = scale
         self.device = torch.device(device)
@@ -63,6 +67,8 @@ class RspoTrainer:
         parts = rspo_objective(log_pi, log_ref, lists.gains, lists.valid, lists.ranks, self.config)
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
+        if self.world > 1:
+            self._average_gradients()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip)
         self.optimizer.step()
@@ -70,6 +76,15 @@ class RspoTrainer:
         in_beam = ((lists.gains[:, :self.config.candidates] > 0).any(-1)).float().mean()
         return StepStats(float(parts.total.detach()), float(parts.preference), float(parts.kl),
                          float(in_beam))
+
+    def _average_gradients(self) -> None:
+        import torch.distributed as dist
+
+        for parameter in self.policy.parameters():
+            if parameter.grad is None:  # unused on this rank's batch: a zero share of the mean
+                parameter.grad = torch.zeros_like(parameter)
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad /= self.world
 
     def state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "steps": self.steps, "gain_scale": self.scale}
