@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_scale import GIB, TreeMemory, engine_context, shown_path, synth_log
 from benchmarks.harness import save_result
+from benchmarks.scaling import GIB, TreeMemory, engine_context, shown_path, synth_log
 from genrec.config import GenrecConfig, SynthConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]

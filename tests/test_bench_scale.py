@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-from benchmarks.bench_scale import STEPS, TreeMemory, criteria, split_snapshot_time
+from benchmarks.bench_scale import STEPS, criteria, split_snapshot_time
+from benchmarks.scaling import TreeMemory
 from genrec.config import load_config
 from tests.conftest import REPO
 
