@@ -58,9 +58,10 @@ def test_the_plan_counts_what_the_in_memory_builder_makes(splits: Path, recipe: 
     assert plan.value_mean == pytest.approx(np.log1p(whole.values).mean(), rel=1e-12)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize(("world", "workers"), [(1, 0), (1, 3), (2, 2), (3, 1)])
 def test_every_example_exactly_once_per_epoch(splits: Path, recipe: ExampleRecipe, plan: StreamPlan,
-                                              world: int, workers: int) -> None:
+                                              world: int, workers: int, grouped: bool) -> None:
     whole = training_examples(read_all(splits), recipe.item_ids, recipe.recent_items)
     expected = sorted(keys(whole))
     for epoch in (0, 1):
@@ -68,11 +69,11 @@ def test_every_example_exactly_once_per_epoch(splits: Path, recipe: ExampleRecip
         seen = [key for rank in range(world)
                 for shard in range(rank * max(1, workers), (rank + 1) * max(1, workers))
                 for batch in ExampleStream(plan, recipe, BATCH, 3, epoch, rank, world, workers,
-                                           lockstep=False).shard_batches(shard)
+                                           lockstep=False, group_by_length=grouped).shard_batches(shard)
                 for key in keys(batch)]
         assert sorted(seen) == expected
         # lockstep (training): no example twice, every rank the same number of full batches
-        per_rank = [[keys(b) for b in shard_stream(plan, recipe, epoch, rank, world, workers)]
+        per_rank = [[keys(b) for b in shard_stream(plan, recipe, epoch, rank, world, workers, grouped=grouped)]
                     for rank in range(world)]
         assert all(len(batches) == len(per_rank[0]) > 0 for batches in per_rank)
         assert all(len(batch) == BATCH for batches in per_rank for batch in batches)
@@ -83,9 +84,9 @@ def test_every_example_exactly_once_per_epoch(splits: Path, recipe: ExampleRecip
 
 
 def shard_stream(plan: StreamPlan, recipe: ExampleRecipe, epoch: int, rank: int, world: int, workers: int,
-                 start: int = 0) -> list:  # type: ignore[type-arg]
+                 start: int = 0, grouped: bool = False) -> list:  # type: ignore[type-arg]
     """One rank's batches as its DataLoader gives them (its workers in turn), in this process."""
-    stream = ExampleStream(plan, recipe, BATCH, 3, epoch, rank, world, workers, start)
+    stream = ExampleStream(plan, recipe, BATCH, 3, epoch, rank, world, workers, start, group_by_length=grouped)
     count = max(1, workers)
     per_worker = [list(stream.worker_batches(w)) for w in range(count)]
     out = []
@@ -105,13 +106,35 @@ def test_the_dataloaders_worker_processes_give_the_rank_stream(plan: StreamPlan,
     assert loaded == [keys(b) for b in shard_stream(plan, recipe, 0, 1, 2, 2)][start:]
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("start", [0, 1, 5, 12])
-def test_a_resume_gives_the_rest_of_the_same_order(plan: StreamPlan, recipe: ExampleRecipe, start: int) -> None:
+def test_a_resume_gives_the_rest_of_the_same_order(plan: StreamPlan, recipe: ExampleRecipe, start: int,
+                                                   grouped: bool) -> None:
     for workers in (0, 2):
-        whole = [keys(b) for b in shard_stream(plan, recipe, 1, 0, 2, workers)]
-        resumed = [keys(b) for b in shard_stream(plan, recipe, 1, 0, 2, workers, start)]
+        whole = [keys(b) for b in shard_stream(plan, recipe, 1, 0, 2, workers, grouped=grouped)]
+        resumed = [keys(b) for b in shard_stream(plan, recipe, 1, 0, 2, workers, start, grouped=grouped)]
         assert resumed == whole[start:]
         assert len(ExampleStream(plan, recipe, BATCH, 3, 1, 0, 2, workers, start)) == len(whole[start:])
+
+
+def test_grouping_by_length_pads_less_and_keeps_the_batches_random(plan: StreamPlan,
+                                                                    recipe: ExampleRecipe) -> None:
+    """`train.group_by_length` on a stream, as in memory: batches of similar history lengths (less of
+    each batch is padding), still a fresh order every epoch."""
+    def padding(batches) -> int:  # type: ignore[no-untyped-def]
+        return sum(int(b.lengths.max() * len(b) - b.lengths.sum()) for b in batches)
+
+    def every(grouped: bool) -> list:  # type: ignore[type-arg]
+        stream = ExampleStream(plan, recipe, BATCH, 3, 0, lockstep=False, group_by_length=grouped)
+        return list(stream.shard_batches(0))
+
+    plain, grouped = every(False), every(True)
+    assert sorted(k for b in grouped for k in keys(b)) == sorted(k for b in plain for k in keys(b))
+    assert padding(grouped) < 0.5 * padding(plain)
+    # the runs are shuffled: the batches' longest histories do not fall in order
+    longest = [int(b.lengths.max()) for b in grouped]
+    assert longest != sorted(longest, reverse=True)
+    assert [keys(b) for b in grouped] != [keys(b) for b in shard_stream(plan, recipe, 1, 0, 1, 0, grouped=True)]
 
 
 def test_epochs_and_seeds_change_the_order_and_the_same_ones_repeat_it(plan: StreamPlan,

@@ -57,6 +57,9 @@ def test_streamed_and_in_memory_runs_see_the_same_examples(partitioned_splits: P
     data, _ = streamed(partitioned_splits)
     memory = training_data(tiny_config(), read_all(partitioned_splits), tiny_codebook())
     assert len(data.train) == len(memory.train)
+    # train.group_by_length reaches the stream, as it does the in-memory batch order
+    assert data.train.group_by_length is tiny_config().train.group_by_length is True  # type: ignore[union-attr]
+    assert streamed(partitioned_splits, group_by_length=False)[0].train.group_by_length is False  # type: ignore[union-attr]
     assert data.train.plan.value_mean == pytest.approx(np.log1p(memory.train.values).mean())  # type: ignore[union-attr]
     # validation: a sample of about valid_users (5) of the users with a validation target, the
     # same requests as the in-memory builder makes for them

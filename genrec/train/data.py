@@ -146,6 +146,17 @@ def weights_over_mean(values: np.ndarray, transform: str, mean: float) -> np.nda
     return transform_values(values, transform) / mean
 
 
+def sorted_in_pools(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+    """`order` cut into pools of about LENGTH_POOL_BATCHES batches, each pool sorted longest history
+    first: a batch cut from it holds histories of similar length, so less of it is padding, while
+    which examples share a pool stays random."""
+    if not len(order):
+        return order
+    pools = max(1, -(-len(order) // (batch_size * LENGTH_POOL_BATCHES)))
+    return np.concatenate([pool[np.argsort(-lengths[pool], kind="stable")]
+                           for pool in np.array_split(order, pools)])
+
+
 def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
                 rank: int = 0, world: int = 1) -> list[np.ndarray]:
     """This rank's batches of example indices for one epoch; the same (seed, epoch) always gives
@@ -154,11 +165,7 @@ def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, gro
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if group_by_length:
-        pool = batch_size * LENGTH_POOL_BATCHES
-        order = np.concatenate([
-            chunk[np.argsort(-lengths[chunk], kind="stable")]
-            for chunk in np.array_split(order, max(1, -(-len(order) // pool)))
-        ]) if len(order) else order
+        order = sorted_in_pools(order, lengths, batch_size)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     batches = [batches[i] for i in rng.permutation(len(batches))]
     per_rank = len(batches) // world if world > 1 else len(batches)

@@ -85,7 +85,8 @@ class TrainingData:
                                   RequestSample("valid", train.valid_users, train.seed))
         assert valid is not None  # a sample was asked for
         return cls(np.asarray(item_ids), SidSpace(list(level_sizes), np.asarray(codes, dtype=np.int64)),
-                   StreamedExamples(plan, recipe, train.batch_size, train.seed, train.loader_workers), valid)
+                   StreamedExamples(plan, recipe, train.batch_size, train.seed, train.loader_workers,
+                                    group_by_length=train.group_by_length), valid)
 
 
 class InMemoryBatches:

@@ -12,7 +12,11 @@ bucket per loader worker, whatever the size of the log.
   epoch, the buckets (in an order drawn from (seed, epoch)) are dealt to shards, each bucket to the
   shard with the fewest examples so far, so each example belongs to exactly one shard.
 - **Order within a shard.** Its buckets in that order; each bucket's examples shuffled by (seed,
-  epoch, bucket); cut into batches of `batch_size`, a batch running on into the next bucket.
+  epoch, bucket); cut into batches of `batch_size`, a batch running on into the next bucket. With
+  `group_by_length` (`train.group_by_length`), as in memory: each bucket's shuffled examples are
+  sorted by history length within pools (`sorted_in_pools`), cut into runs on the shard's batch
+  boundaries, and the runs shuffled, all by the same (seed, epoch, bucket), so a resume still skips
+  whole examples.
 - **Lockstep.** DDP steps all ranks together, so every shard yields the same number of batches per
   epoch, `batches_per_shard` (the smallest shard's full batches); the rest of each shard is left out
   of that epoch (`StreamPlan.left_out`), as `drop_last` would. A rank's DataLoader takes its workers'
@@ -37,7 +41,13 @@ import torch
 
 from genrec.data.partitioned import read_bucket, read_partitioning
 from genrec.progress import LineProgress
-from genrec.train.data import ExampleSet, evaluation_requests, training_examples, transform_values
+from genrec.train.data import (
+    ExampleSet,
+    evaluation_requests,
+    sorted_in_pools,
+    training_examples,
+    transform_values,
+)
 
 # progress(done, total)
 Progress = Callable[[int, int], None]
@@ -125,14 +135,14 @@ class ExampleStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
 
     def __init__(self, plan: StreamPlan, recipe: ExampleRecipe, batch_size: int, seed: int, epoch: int,
                  rank: int = 0, world: int = 1, workers: int = 0, start_batch: int = 0,
-                 lockstep: bool = True) -> None:
+                 lockstep: bool = True, group_by_length: bool = False) -> None:
         if batch_size < 1 or not 0 <= rank < world or workers < 0 or start_batch < 0:
             raise ValueError("ExampleStream needs batch_size >= 1, 0 <= rank < world, workers >= 0 "
                              "and start_batch >= 0")
         self.plan, self.recipe = plan, recipe
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
         self.rank, self.world, self.workers, self.start_batch = rank, world, workers, start_batch
-        self.lockstep = lockstep
+        self.lockstep, self.group_by_length = lockstep, group_by_length
 
     @property
     def shard_count(self) -> int:
@@ -171,19 +181,22 @@ class ExampleStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         skip_examples = skip * self.batch_size
         pending: list[ExampleSet] = []
         pending_size, made = 0, skip
+        before = 0  # the shard's examples before this bucket, read or skipped
         for bucket in buckets:
             if made >= count:
                 return
             size = self.plan.examples[bucket]
             if skip_examples >= size:  # a bucket wholly before the resume point is never read
                 skip_examples -= size
+                before += size
                 continue
             examples = self.recipe.examples(self.plan.splits, bucket)
             if len(examples) != size:
                 raise RuntimeError(f"bucket {bucket} of {self.plan.splits} gives {len(examples)} examples, "
                                    f"its plan says {size}: the splits changed since the plan was made")
-            order = np.random.default_rng([self.seed, self.epoch, bucket]).permutation(size)[skip_examples:]
+            order = self.bucket_order(examples, bucket, before % self.batch_size)[skip_examples:]
             skip_examples = 0
+            before += size
             pending.append(examples.subset(order))
             pending_size += len(order)
             while pending_size >= self.batch_size and made < count:
@@ -193,6 +206,24 @@ class ExampleStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                 yield batch
         if not self.lockstep and pending_size:
             yield ExampleSet.concat(pending)
+
+
+    def bucket_order(self, examples: ExampleSet, bucket: int, offset: int) -> np.ndarray:
+        """The order of a bucket's examples this epoch: a permutation of all of them, drawn from
+        (seed, epoch, bucket) and, grouped by length, the place in a batch where the bucket begins
+        (`offset`, the shard's earlier examples modulo batch_size), all known before the bucket is
+        read, so a resume can skip a number of them. Grouped, the first examples complete the batch
+        the previous bucket began, and the whole batches after them are the length-sorted runs in a
+        shuffled order."""
+        rng = np.random.default_rng([self.seed, self.epoch, bucket])
+        order = rng.permutation(len(examples))
+        if not self.group_by_length:
+            return order
+        grouped = sorted_in_pools(order, examples.lengths, self.batch_size)
+        head = min(len(grouped), -offset % self.batch_size)
+        runs = [grouped[i:i + self.batch_size] for i in range(head, len(grouped), self.batch_size)]
+        tail = runs.pop() if runs and len(runs[-1]) < self.batch_size else grouped[:0]
+        return np.concatenate([grouped[:head], *(runs[i] for i in rng.permutation(len(runs))), tail])
 
 
 def take(parts: list[ExampleSet], size: int) -> tuple[ExampleSet, list[ExampleSet]]:
@@ -227,6 +258,7 @@ class StreamedExamples:
     workers: int = 0
     rank: int = 0
     world: int = 1
+    group_by_length: bool = False
 
     def __len__(self) -> int:
         return self.plan.total
@@ -236,7 +268,7 @@ class StreamedExamples:
 
     def stream(self, epoch: int, start: int = 0) -> ExampleStream:
         return ExampleStream(self.plan, self.recipe, self.batch_size, self.seed, epoch, self.rank, self.world,
-                             self.workers, start)
+                             self.workers, start, group_by_length=self.group_by_length)
 
     def batches_in_epoch(self, epoch: int) -> int:
         return len(self.stream(epoch))
