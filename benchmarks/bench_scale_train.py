@@ -200,6 +200,7 @@ def train_child(config: GenrecConfig, folder: Path, steps: int, figures_path: Pa
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
     Path(f"{figures_path}.rank{rank}").write_text(json.dumps(
         {"rank": rank, "steps": result.steps, "examples_per_second": result.samples_per_second,
+         "examples_per_epoch": result.stats["train_examples"],
          "train_seconds": result.train_seconds, "peak_rss_gib": peak / GIB}))
 
 
@@ -220,6 +221,7 @@ def training_run(args: argparse.Namespace, folder: Path, ranks: int,
     per_rank = [json.loads(folder.joinpath(f"{figures_path.name}.rank{r}").read_text()) for r in range(ranks)]
     shutil.rmtree(folder / f"train-work-{ranks}", ignore_errors=True)
     return {"ranks": ranks, "examples_per_second": per_rank[0]["examples_per_second"],
+            "examples_per_epoch": per_rank[0]["examples_per_epoch"],
             "steps": per_rank[0]["steps"], "peak_rss_gib_per_rank": [r["peak_rss_gib"] for r in per_rank]}
 
 
