@@ -17,8 +17,9 @@ Parts (`--parts`, comma-separated):
 - **training**: for each log (1M, 10M, 100M events): ingest and split on the embedded Ray and a
   codebook of its catalogue (none of it timed), then VSL training streamed from the partitioned
   splits (`train.examples=stream`) for `--train-steps` steps, under torchrun with one rank and with
-  two ranks, one thread each: examples/s (the loop's own clock: batches built and trained) and each
-  rank's peak RSS (`ru_maxrss`).
+  two ranks, one thread each, `--train-repeats` times each in the order 1, 2, 2, 1 (side by side, so
+  a drift in the shared machine's speed falls on both): the mean examples/s (the loop's own clock:
+  batches built and trained) and each rank's peak RSS (`ru_maxrss`).
 - **evaluation**: a log of a million users (`--eval-events` at `--eval-events-per-user`), ingested,
   split, with a codebook and a model trained for `--train-steps` steps (none of it timed), then the
   evaluate step with `train.evaluate_engine=ray` (a Ray task per bucket of users, on the embedded
@@ -225,6 +226,21 @@ def training_run(args: argparse.Namespace, folder: Path, ranks: int,
             "steps": per_rank[0]["steps"], "peak_rss_gib_per_rank": [r["peak_rss_gib"] for r in per_rank]}
 
 
+def rank_order(repeats: int) -> list[int]:
+    """One rank, two ranks, two ranks, one rank, ...: the runs alternate (ABBA), so a drift in the
+    shared machine's speed over the run falls on both alike."""
+    return [ranks for i in range(repeats) for ranks in ((1, 2) if i % 2 == 0 else (2, 1))]
+
+
+def averaged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs of one rank count: their mean examples/s (each run's kept) and the peak RSS of each
+    rank over them."""
+    speeds = [run["examples_per_second"] for run in runs]
+    return {**runs[0], "examples_per_second": sum(speeds) / len(speeds), "runs_examples_per_second": speeds,
+            "peak_rss_gib_per_rank": [max(per_rank) for per_rank in
+                                      zip(*(run["peak_rss_gib_per_rank"] for run in runs), strict=True)]}
+
+
 def training_part(args: argparse.Namespace, config: GenrecConfig, work: Path) -> dict[str, Any]:
     sizes: dict[int, dict[str, Any]] = {}
     for events in sorted(args.events):
@@ -233,12 +249,13 @@ def training_part(args: argparse.Namespace, config: GenrecConfig, work: Path) ->
         with engine_context("ray", config):
             prepare_splits(config, log_dir, folder)
         training_codebook(config, folder)
-        sizes[events] = {}
-        for ranks in (1, 2):
+        runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+        for ranks in rank_order(args.train_repeats):
             run = training_run(args, folder, ranks)
-            sizes[events][str(ranks)] = run
+            runs[ranks].append(run)
             print(f"{events:,} events, {ranks} rank(s): {run['examples_per_second']:.0f} examples/s, "
                   f"peak RSS per rank {max(run['peak_rss_gib_per_rank']):.2f} GiB", flush=True)
+        sizes[events] = {str(ranks): averaged(done) for ranks, done in runs.items()}
         shutil.rmtree(folder, ignore_errors=True)  # the next size needs the disk
     events = sorted(sizes)
     smallest, largest = events[0], events[-1]
@@ -348,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000, 100_000_000])
     parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--train-repeats", type=int, default=2,
+                        help="runs of each rank count per log, alternating 1, 2, 2, 1, ...")
     parser.add_argument("--codebook-events", type=int, default=20_000_000)
     parser.add_argument("--events-per-item", type=float, default=20.0,
                         help="the codebook log's events per item (20M events / 20 = 1M items)")

@@ -55,3 +55,14 @@ def test_the_materialise_process_is_cut_into_snapshots_and_online_writes() -> No
 def test_the_scale_recipe_loads_strictly() -> None:
     config = load_config(REPO / "configs" / "recipes" / "scale.yaml")
     assert config.data.engine == "ray" and config.ray.num_cpus == 2 and config.vista.refresh == "period"
+
+
+def test_the_training_benchmark_alternates_rank_counts_and_averages_their_runs() -> None:
+    from benchmarks.bench_scale_train import averaged, rank_order
+
+    assert rank_order(1) == [1, 2] and rank_order(2) == [1, 2, 2, 1] and rank_order(3) == [1, 2, 2, 1, 1, 2]
+    runs = [{"ranks": 2, "examples_per_second": 100.0, "peak_rss_gib_per_rank": [1.0, 1.5]},
+            {"ranks": 2, "examples_per_second": 140.0, "peak_rss_gib_per_rank": [1.2, 1.1]}]
+    both = averaged(runs)
+    assert both["examples_per_second"] == 120.0 and both["runs_examples_per_second"] == [100.0, 140.0]
+    assert both["peak_rss_gib_per_rank"] == [1.2, 1.5]
