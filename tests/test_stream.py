@@ -4,16 +4,21 @@ a resume, and the same examples as the in-memory builder."""
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from genrec.data.partitioned import read_all, write_partitioned
 from genrec.train.data import training_examples
-from genrec.train.stream import ExampleRecipe, ExampleStream, StreamPlan
+from genrec.train.distributed import init_distributed, shutdown
+from genrec.train.stream import ExampleRecipe, ExampleStream, RequestSample, StreamPlan, scan_splits
+from testbed.redis import free_port
 
 BATCH = 7
 
@@ -153,3 +158,30 @@ def test_a_changed_bucket_and_a_wrong_worker_count_are_errors(splits: Path, reci
         list(ExampleStream(plan, recipe, BATCH, 3, 0, workers=2))
     with pytest.raises(ValueError, match="rank < world"):
         ExampleStream(plan, recipe, BATCH, 3, 0, rank=2, world=2)
+
+
+def scanning_rank(rank: int, world: int, port: int, splits: str, recipe: ExampleRecipe, out: str) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    dist = init_distributed(use_gpu=False)
+    try:
+        found = scan_splits(splits, recipe, "log1p", RequestSample("valid", 20, 3), lambda done, total: None, dist)
+        Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(found))
+    finally:
+        shutdown(dist)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_share_out_the_scan_and_agree_with_one_process(splits: Path, recipe: ExampleRecipe,
+                                                             tmp_path: Path, world: int) -> None:
+    """Each rank reads every world-th bucket (4 ranks over 6 buckets: some read one); after the swap
+    every rank holds the one-process plan and validation sample, bit for bit."""
+    alone, sample = scan_splits(splits, recipe, "log1p", RequestSample("valid", 20, 3), lambda done, total: None)
+    assert sample is not None
+    mp.spawn(scanning_rank, args=(world, free_port(), str(splits), recipe, str(tmp_path)), nprocs=world, join=True)
+    for rank in range(world):
+        plan, valid = pickle.loads((tmp_path / f"rank{rank}.pkl").read_bytes())
+        assert plan == alone
+        assert valid.users.tolist() == sample.users.tolist() and np.array_equal(valid.recent, sample.recent)
+        assert np.array_equal(valid.targets, sample.targets)

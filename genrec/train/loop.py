@@ -74,7 +74,7 @@ class TrainingData:
 
     @classmethod
     def streamed(cls, splits: str | Path, item_ids: np.ndarray, codes: np.ndarray, level_sizes: list[int],
-                 config: GenrecConfig) -> TrainingData:
+                 config: GenrecConfig, dist: Distributed | None = None) -> TrainingData:
         """The examples of the partitioned `splits` as a stream (`train.examples: stream`): one pass
         counts them per bucket, and validation takes a seeded sample of users from every bucket;
         nothing holds the log."""
@@ -82,7 +82,7 @@ class TrainingData:
         recipe = ExampleRecipe(np.asarray(item_ids).astype(object), config.model.recent_items,
                                train.max_examples_per_user, train.skip_latest)
         plan, valid = scan_splits(splits, recipe, train.value_transform,
-                                  RequestSample("valid", train.valid_users, train.seed))
+                                  RequestSample("valid", train.valid_users, train.seed), dist=dist)
         assert valid is not None  # a sample was asked for
         return cls(np.asarray(item_ids), SidSpace(list(level_sizes), np.asarray(codes, dtype=np.int64)),
                    StreamedExamples(plan, recipe, train.batch_size, train.seed, train.loader_workers,

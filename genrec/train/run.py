@@ -14,7 +14,7 @@ from genrec.config import GenrecConfig
 from genrec.io import read_parquet
 from genrec.model.artefact import save_model
 from genrec.sid.codebook import Codebook
-from genrec.train.distributed import init_distributed, shutdown
+from genrec.train.distributed import Distributed, init_distributed, shutdown
 from genrec.train.loop import Trainer, TrainingData, TrainResult
 from genrec.train.summaries import SummaryProvider
 
@@ -34,9 +34,10 @@ def training_record(result: TrainResult, config: GenrecConfig) -> dict[str, Any]
 
 
 def training_data(config: GenrecConfig, splits: pd.DataFrame | str | Path, codebook: Codebook,
-                  summaries: SummaryProvider | None = None) -> TrainingData:
+                  summaries: SummaryProvider | None = None, dist: Distributed | None = None) -> TrainingData:
     """The examples as `train.examples` asks: built in memory from the splits (a frame, or a parquet
-    file or partitioned folder read whole), or streamed from the partitioned splits folder."""
+    file or partitioned folder read whole), or streamed from the partitioned splits folder (its scan
+    shared out over `dist`'s ranks)."""
     if config.train.examples == "memory":
         frame = splits if isinstance(splits, pd.DataFrame) else read_parquet(splits)
         return TrainingData.from_splits(frame, codebook.item_ids, codebook.codes, codebook.level_sizes,
@@ -47,7 +48,8 @@ def training_data(config: GenrecConfig, splits: pd.DataFrame | str | Path, codeb
     if summaries is not None or config.model.use_summary:
         raise ValueError("summary tokens with train.examples=stream are not wired yet: "
                          "set train.examples=memory or model.use_summary=false")
-    return TrainingData.streamed(splits, codebook.item_ids, codebook.codes, codebook.level_sizes, config)
+    return TrainingData.streamed(splits, codebook.item_ids, codebook.codes, codebook.level_sizes, config,
+                                 dist)
 
 
 def run_training(config: GenrecConfig, splits: pd.DataFrame | str | Path, codebook: Codebook,
@@ -58,7 +60,7 @@ def run_training(config: GenrecConfig, splits: pd.DataFrame | str | Path, codebo
     folder with the training record in its manifest."""
     dist = init_distributed()
     try:
-        data = training_data(config, splits, codebook, summaries)
+        data = training_data(config, splits, codebook, summaries, dist)
         result = Trainer(config, data, work_dir, dist, log).fit(stop_after_steps)
         if dist.is_main and model_dir is not None:
             save_model(model_dir, result.decoder, codebook.item_ids,

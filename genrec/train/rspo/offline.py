@@ -95,7 +95,7 @@ def streamed_requests(config: GenrecConfig, splits: str | Path, model: TrainedMo
                            rspo.skip_latest)
     sample = RequestSample("valid", rspo.valid_users, rspo.seed)
     plan, valid = scan_splits(splits, recipe, rspo.reward_transform, sample,
-                              LineProgress("rspo requests: counting per bucket"))
+                              LineProgress("rspo requests: counting per bucket"), dist)
     _require_examples(plan.total, rspo.skip_latest)
     stream = StreamedExamples(plan, recipe, rspo.batch_size, rspo.seed).for_rank(dist.rank, dist.world)
 
