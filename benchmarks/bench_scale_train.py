@@ -20,6 +20,9 @@ Parts (`--parts`, comma-separated):
   two ranks, one thread each, `--train-repeats` times each in the order 1, 2, 2, 1 (side by side, so
   a drift in the shared machine's speed falls on both): the mean examples/s (the loop's own clock:
   batches built and trained) and each rank's peak RSS (`ru_maxrss`).
+- **ceiling**: on the smallest log, what two ranks can get from this machine: one rank alone, two
+  independent one-rank runs at once (no all-reduce), and one two-rank run, in the order A B C C B A;
+  the ratios separate the machine's own limit from the cost of the gradient all-reduce.
 - **evaluation**: a log of a million users (`--eval-events` at `--eval-events-per-user`), ingested,
   split, with a codebook and a model trained for `--train-steps` steps (none of it timed), then the
   evaluate step with `train.evaluate_engine=ray` (a Ray task per bucket of users, on the embedded
@@ -49,7 +52,7 @@ from genrec.config import GenrecConfig, SynthConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipes" / "scale_train.yaml"
-PARTS = ("beauty", "codebook", "training", "evaluation")
+PARTS = ("beauty", "codebook", "training", "ceiling", "evaluation")
 # Issue 23's acceptance figures.
 CODEBOOK_ITEMS = 1_000_000
 CODEBOOK_BUDGET_SECONDS = 15 * 60.0
@@ -189,15 +192,15 @@ def training_codebook(config: GenrecConfig, folder: Path) -> Path:
 
 
 def train_child(config: GenrecConfig, folder: Path, steps: int, figures_path: Path,
-                model_dir: Path | None) -> None:
-    """One rank of the training run (under torchrun); rank 0 saves the model to `model_dir`."""
+                model_dir: Path | None, job: str) -> None:
+    """One rank of the training run `job` (under torchrun); rank 0 saves the model to `model_dir`."""
     from genrec.sid.codebook import load_codebook
     from genrec.train.run import run_training
 
     rank = int(os.environ.get("RANK", "0"))
-    work = folder / f"train-work-{os.environ.get('WORLD_SIZE', '1')}"
-    result = run_training(config, folder / "splits", load_codebook(folder / "codebook"), work, model_dir,
-                          stop_after_steps=steps, log=lambda line: print(line, flush=True))
+    result = run_training(config, folder / "splits", load_codebook(folder / "codebook"),
+                          folder / f"train-work-{job}", model_dir, stop_after_steps=steps,
+                          log=lambda line: print(line, flush=True))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
     Path(f"{figures_path}.rank{rank}").write_text(json.dumps(
         {"rank": rank, "steps": result.steps, "examples_per_second": result.samples_per_second,
@@ -205,25 +208,36 @@ def train_child(config: GenrecConfig, folder: Path, steps: int, figures_path: Pa
          "train_seconds": result.train_seconds, "peak_rss_gib": peak / GIB}))
 
 
-def training_run(args: argparse.Namespace, folder: Path, ranks: int,
-                 model_dir: Path | None = None) -> dict[str, Any]:
-    figures_path = folder / f"train-{ranks}.json"
-    shutil.rmtree(folder / f"train-work-{ranks}", ignore_errors=True)
-    for old in folder.glob(f"{figures_path.name}.rank*"):
+def launch_training(args: argparse.Namespace, folder: Path, ranks: int, job: str,
+                    model_dir: Path | None = None) -> subprocess.Popen[bytes]:
+    """torchrun of `ranks` ranks at one thread each, training `args.train_steps` steps as `job`."""
+    shutil.rmtree(folder / f"train-work-{job}", ignore_errors=True)
+    for old in folder.glob(f"train-{job}.json.rank*"):
         old.unlink()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-               "-m", "benchmarks.bench_scale_train", "--train-child", "--folder", str(folder),
-               "--config", args.config, "--figures", str(figures_path),
+               "-m", "benchmarks.bench_scale_train", "--train-child", "--folder", str(folder), "--job", job,
+               "--config", args.config, "--figures", str(folder / f"train-{job}.json"),
                "--train-steps", str(args.train_steps),
                *(["--model-dir", str(model_dir)] if model_dir else []),
                *[a for o in args.set for a in ("--set", o)]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, cwd=REPO, check=True, env=env)
-    per_rank = [json.loads(folder.joinpath(f"{figures_path.name}.rank{r}").read_text()) for r in range(ranks)]
-    shutil.rmtree(folder / f"train-work-{ranks}", ignore_errors=True)
+    return subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def training_figures(folder: Path, ranks: int, job: str, launched: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """What a launched run reports once it ends (its rank 0's clock; every rank's peak RSS)."""
+    if launched.wait() != 0:
+        raise SystemExit(f"training run {job} failed with exit {launched.returncode}")
+    per_rank = [json.loads(folder.joinpath(f"train-{job}.json.rank{r}").read_text()) for r in range(ranks)]
+    shutil.rmtree(folder / f"train-work-{job}", ignore_errors=True)
     return {"ranks": ranks, "examples_per_second": per_rank[0]["examples_per_second"],
             "examples_per_epoch": per_rank[0]["examples_per_epoch"],
             "steps": per_rank[0]["steps"], "peak_rss_gib_per_rank": [r["peak_rss_gib"] for r in per_rank]}
+
+
+def training_run(args: argparse.Namespace, folder: Path, ranks: int,
+                 model_dir: Path | None = None) -> dict[str, Any]:
+    job = f"{ranks}"
+    return training_figures(folder, ranks, job, launch_training(args, folder, ranks, job, model_dir))
 
 
 def rank_order(repeats: int) -> list[int]:
@@ -271,6 +285,34 @@ def training_part(args: argparse.Namespace, config: GenrecConfig, work: Path) ->
         "two_rank_speedup": {n: two[n] / one[n] for n in events},
         "two_ranks_at_least_1_6x": all(two[n] >= MIN_TWO_RANK_SPEEDUP * one[n] for n in events),
     }
+
+
+def ceiling_part(args: argparse.Namespace, config: GenrecConfig, work: Path) -> dict[str, Any]:
+    """On the smallest log, in the order A B C C B A: one rank alone (A); two independent one-rank
+    runs at once (B: no all-reduce, so what two single-threaded trainings get out of this machine's
+    two cores together); one two-rank run (C). B/A is the machine's ceiling for two ranks, C/B what
+    the gradient all-reduce and the lockstep cost."""
+    events = min(args.events)
+    log_dir = synth_log(events, args.seed, work)
+    folder = work / f"ceiling-{events}-{args.seed}"
+    with engine_context("ray", config):
+        prepare_splits(config, log_dir, folder)
+    training_codebook(config, folder)
+    runs: dict[str, list[float]] = {"one": [], "pair": [], "ddp": []}
+    for kind in ("one", "pair", "ddp", "ddp", "pair", "one"):
+        if kind == "pair":
+            launched = [(job, launch_training(args, folder, 1, job)) for job in ("pair0", "pair1")]
+            speed = sum(training_figures(folder, 1, job, run)["examples_per_second"] for job, run in launched)
+        else:
+            speed = training_run(args, folder, 1 if kind == "one" else 2)["examples_per_second"]
+        runs[kind].append(speed)
+        print(f"ceiling at {events:,} events, {kind}: {speed:.0f} examples/s", flush=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    mean = {kind: sum(speeds) / len(speeds) for kind, speeds in runs.items()}
+    return {"events": events, "runs_examples_per_second": runs, "examples_per_second": mean,
+            "independent_pair_over_one": mean["pair"] / mean["one"],
+            "two_ranks_over_one": mean["ddp"] / mean["one"],
+            "two_ranks_over_independent_pair": mean["ddp"] / mean["pair"]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -384,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--evaluate-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--job", default="1", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--figures", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -396,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.train_child:
         train_child(config, Path(args.folder), args.train_steps, Path(args.figures),
-                    Path(args.model_dir) if args.model_dir else None)
+                    Path(args.model_dir) if args.model_dir else None, args.job)
         return
     parts = [p for p in args.parts.split(",") if p]
     unknown = sorted(set(parts) - set(PARTS))
@@ -411,6 +454,8 @@ def main(argv: list[str] | None = None) -> None:
         figures["codebook"] = codebook_part(args, config, work)
     if "training" in parts:
         figures["training"] = training_part(args, config, work)
+    if "ceiling" in parts:
+        figures["ceiling"] = ceiling_part(args, config, work)
     if "evaluation" in parts:
         figures["evaluation"] = evaluation_part(args, config, work)
     save_result(args.name, figures, lambda: plot(figures))
