@@ -27,7 +27,7 @@ from genrec.data.partitioned import Partitioning, read_bucket, read_partitioning
 from genrec.distributed import RaySession
 from genrec.evaluate import CUTOFFS, hit_ranks, recommend, user_terms
 from genrec.model.artefact import TrainedModel, load_model
-from genrec.train.data import evaluation_requests
+from genrec.train.data import evaluation_requests, item_lookup
 
 SPLITS = ("valid", "test")
 
@@ -106,8 +106,9 @@ def evaluate_bucket(task: BucketTask) -> dict[str, MetricSums]:
     frame = read_bucket(task.splits, task.bucket, partitioning=task.partitioning)
     catalogue = trained.decoder.item_codes.shape[0]
     out = {}
+    item_index = item_lookup(trained.item_ids)
     for split in SPLITS:
-        requests = evaluation_requests(frame, trained.item_ids, trained.decoder.config.recent_items, split)
+        requests = evaluation_requests(frame, item_index, trained.decoder.config.recent_items, split)
         items, _ = recommend(trained.decoder, requests, trained.tables, task.beam_widths, task.top_k,
                              task.batch_size, exclude_history=task.exclude_history)
         out[split] = MetricSums.of(items, requests.targets, requests.values, catalogue)

@@ -185,3 +185,15 @@ def test_ranks_share_out_the_scan_and_agree_with_one_process(splits: Path, recip
         assert plan == alone
         assert valid.users.tolist() == sample.users.tolist() and np.array_equal(valid.recent, sample.recent)
         assert np.array_equal(valid.targets, sample.targets)
+
+
+def test_the_hashed_item_index_finds_the_rows_the_plain_lookup_does() -> None:
+    """item_rows with a prebuilt index (the streamed path) against the per-call lookup (its reference)."""
+    from genrec.train.data import item_lookup, item_rows
+
+    catalogue = np.array([5, "a", 7, "x9", 11], dtype=object)
+    asked = pd.Series(["7", 5, "missing", "x9", 11, "5", None])
+    expected = np.array([2, 0, -1, 3, 4, 0, -1])
+    assert item_rows(asked, catalogue).tolist() == expected.tolist()
+    assert item_rows(asked, item_lookup(catalogue)).tolist() == expected.tolist()
+    assert item_rows(pd.Series([], dtype=object), item_lookup(catalogue)).dtype == np.int64

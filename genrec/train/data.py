@@ -53,10 +53,16 @@ class ExampleSet:
                      for field in dataclasses.fields(cls)))
 
 
-def item_rows(item_ids: pd.Series, codebook_item_ids: np.ndarray) -> np.ndarray:
+def item_lookup(codebook_item_ids: np.ndarray) -> pd.Index:
+    """The codebook's item ids as a hashed index: build it once and pass it where many frames are
+    looked up (a streamed run reads every bucket against a catalogue of up to millions of items)."""
+    return pd.Index(np.asarray(codebook_item_ids).astype(str))
+
+
+def item_rows(item_ids: pd.Series, codebook_item_ids: np.ndarray | pd.Index) -> np.ndarray:
     """Codebook row of each item id; -1 where the item has no semantic ID."""
-    lookup = pd.Series(np.arange(len(codebook_item_ids), dtype=np.int64), index=codebook_item_ids.astype(str))
-    return item_ids.astype(str).map(lookup).fillna(-1).to_numpy(dtype=np.int64)
+    lookup = codebook_item_ids if isinstance(codebook_item_ids, pd.Index) else item_lookup(codebook_item_ids)
+    return lookup.get_indexer(item_ids.astype(str)).astype(np.int64)
 
 
 def _windows(frame: pd.DataFrame, rows: np.ndarray, recent_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +92,7 @@ def _example_set(frame: pd.DataFrame, rows: np.ndarray, recent: np.ndarray, leng
                       frame["user_id"].to_numpy(dtype=object)[pick], cutoffs[pick])
 
 
-def training_examples(splits: pd.DataFrame, codebook_item_ids: np.ndarray, recent_items: int,
+def training_examples(splits: pd.DataFrame, codebook_item_ids: np.ndarray | pd.Index, recent_items: int,
                       max_per_user: int = 0, skip_latest: int = 0) -> ExampleSet:
     """One example per training interaction that has at least one earlier training interaction
     (only each user's latest `max_per_user` of them when that is above 0, after leaving out each
@@ -105,7 +111,7 @@ def training_examples(splits: pd.DataFrame, codebook_item_ids: np.ndarray, recen
     return _example_set(frame, rows, recent, lengths, np.flatnonzero(keep))
 
 
-def evaluation_requests(splits: pd.DataFrame, codebook_item_ids: np.ndarray, recent_items: int,
+def evaluation_requests(splits: pd.DataFrame, codebook_item_ids: np.ndarray | pd.Index, recent_items: int,
                         split: str) -> ExampleSet:
     """One request per user with a `split` target ("valid" or "test"), its history from the splits
     before it. A target without a semantic ID stays in (it counts as a miss)."""

@@ -28,6 +28,7 @@ bucket per loader worker, whatever the size of the log.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import math
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ from genrec.progress import LineProgress
 from genrec.train.data import (
     ExampleSet,
     evaluation_requests,
+    item_lookup,
     sorted_in_pools,
     training_examples,
     transform_values,
@@ -68,8 +70,14 @@ class ExampleRecipe:
     def examples(self, splits: str | Path, bucket: int) -> ExampleSet:
         return self.examples_of(read_bucket(splits, bucket, COLUMNS))
 
+    @functools.cached_property
+    def item_index(self) -> pd.Index:
+        """`item_ids` hashed once per process, not once per bucket."""
+        return item_lookup(self.item_ids)
+
     def examples_of(self, frame: pd.DataFrame) -> ExampleSet:
-        return training_examples(frame, self.item_ids, self.recent_items, self.max_per_user, self.skip_latest)
+        return training_examples(frame, self.item_index, self.recent_items, self.max_per_user,
+                                 self.skip_latest)
 
 
 @dataclass(frozen=True)
@@ -307,7 +315,7 @@ def scan_splits(splits: str | Path, recipe: ExampleRecipe, value_transform: str,
         examples = recipe.examples_of(frame)
         part = None
         if sample is not None:
-            part = evaluation_requests(frame, recipe.item_ids, recipe.recent_items, sample.split)
+            part = evaluation_requests(frame, recipe.item_index, recipe.recent_items, sample.split)
             if sample.users and len(part):
                 share = min(len(part), math.ceil(sample.users * partitioning.rows[bucket] / total_rows))
                 pick = np.random.default_rng([sample.seed, bucket]).choice(len(part), share, replace=False)
