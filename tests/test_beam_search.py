@@ -10,12 +10,15 @@ from genrec.sid.trie import SidTrie
 from tests.test_model_decoder import random_recent, tiny_config, tiny_space
 
 
-@pytest.fixture(params=["lazyar", "ar"])
+@pytest.fixture(params=[("lazyar", "dense"), ("ar", "dense"), ("lazyar", "sparse")], ids="-".join)
 def setup(request):
+    """Each decoder with dense child tables, and LazyAR with every level sparse (as a large
+    catalogue's deep levels are): both against the same exhaustive reference."""
     torch.manual_seed(0)
+    kind, layout = request.param
     space = tiny_space(items=40)
-    decoder = build_decoder(tiny_config(decoder=request.param), space).eval()
-    tables = TrieTables(SidTrie.from_codes(space.codes, space.level_sizes))
+    decoder = build_decoder(tiny_config(decoder=kind), space).eval()
+    tables = TrieTables(SidTrie.from_codes(space.codes, space.level_sizes, layout=layout))
     context = decoder.embed_context(random_recent(space, batch=6))
     return space, decoder, tables, context
 

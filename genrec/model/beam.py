@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from genrec.model.decoder import Context, SidDecoder
-from genrec.sid.trie import SidTrie
+from genrec.sid.trie import INVALID, SidTrie, SparseChildren
 
 NEG_INF = float("-inf")
 
@@ -27,15 +27,49 @@ class BeamResult:
     scores: Tensor
 
 
+class SparseChildTensor:
+    """A `SparseChildren` level on the decoder's device: `table[nodes]` gives the rows a dense
+    table's gather would, [..., width], built from the level's sorted (node * width + code) keys."""
+
+    def __init__(self, table: SparseChildren, device: torch.device | str = "cpu") -> None:
+        self.keys = torch.as_tensor(table.keys, dtype=torch.long, device=device)
+        self.targets = torch.as_tensor(table.targets, dtype=torch.int32, device=device)
+        self.offsets = torch.as_tensor(table.offsets, dtype=torch.long, device=device)
+        self.sparse = table
+        self.shape = table.shape
+
+    def __getitem__(self, nodes: Tensor) -> Tensor:
+        width = self.shape[1]
+        flat = nodes.reshape(-1).long()
+        start = self.offsets[flat]
+        count = self.offsets[flat + 1] - start
+        out = torch.full((flat.numel(), width), INVALID, dtype=torch.int32, device=nodes.device)
+        owner = torch.repeat_interleave(torch.arange(flat.numel(), device=nodes.device), count)
+        first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        entry = (torch.arange(owner.numel(), device=nodes.device) - first
+                 + torch.repeat_interleave(start, count))
+        out[owner, self.keys[entry] - flat[owner] * width] = self.targets[entry]
+        return out.view(*nodes.shape, width)
+
+    def max(self) -> int:
+        return self.sparse.max()
+
+
 class TrieTables:
-    """The trie's dense per-level child tables as tensors: `children[l][node, code]` is the next
-    node (an item row after the last level) or -1."""
+    """The trie's per-level child tables on the decoder's device: `children[l][nodes]` gives the
+    rows [..., K] of next nodes (item rows after the last level), -1 where a code is not allowed.
+    A dense level is an int32 tensor, a sparse one (large catalogues' deep levels) a
+    `SparseChildTensor` that builds the same rows."""
 
     def __init__(self, trie: SidTrie, device: torch.device | str = "cpu") -> None:
-        self.children = [torch.as_tensor(table, dtype=torch.int32, device=device) for table in trie.children]
+        self.children: list[Tensor | SparseChildTensor] = [
+            SparseChildTensor(table, device) if isinstance(table, SparseChildren)
+            else torch.as_tensor(table, dtype=torch.int32, device=device) for table in trie.children]
+        self.trie = trie
         self.level_sizes = list(trie.level_sizes)
         # Item rows run 0..items-1 (the last level's node numbers).
-        self.items = int(trie.children[-1].max()) + 1 if trie.children[-1].size else 0
+        last = trie.children[-1]
+        self.items = int(last.max()) + 1 if last.size else 0
 
     @property
     def depth(self) -> int:

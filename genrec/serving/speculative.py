@@ -37,6 +37,7 @@ from torch import Tensor
 
 from genrec.model.beam import BeamResult, TrieTables, level_widths
 from genrec.model.decoder import Context, SidDecoder
+from genrec.sid.trie import ChildTable
 
 POOL_FILE = "dare_pool.npz"
 MODES = ("summary", "history")
@@ -228,7 +229,7 @@ def dare_beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, 
     stats = DareStats(passes=[0] * batch)
     passes: list[list[Tensor]] = []
     codes = pool.codes
-    numpy_children = [c.cpu().numpy() for c in tables.children]
+    numpy_children = tables.trie.children
     while True:
         for request in requests:
             _advance(request, passes, tables, numpy_children, widths, top_k, levels, strict)
@@ -286,7 +287,7 @@ def dare_beam_search(decoder: SidDecoder, context: Context, tables: TrieTables, 
 
 
 def _advance(request: _Request, passes: list[list[Tensor]], tables: TrieTables,
-             numpy_children: list[np.ndarray], widths: list[int], top_k: int, levels: int,
+             numpy_children: list[ChildTable], widths: list[int], top_k: int, levels: int,
              strict: bool) -> None:
     """Moves one request down the levels as far as the known distributions allow."""
     while request.done is None:
@@ -346,7 +347,7 @@ def _relaxed(request: _Request, chosen: list[tuple[tuple[int, ...], float]], can
     return sorted(kept, key=lambda c: -c[1])
 
 
-def _node(children: list[np.ndarray], prefix: tuple[int, ...]) -> int:
+def _node(children: list[ChildTable], prefix: tuple[int, ...]) -> int:
     node = 0
     for level, code in enumerate(prefix):
         node = int(children[level][node, code])

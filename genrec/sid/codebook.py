@@ -6,7 +6,7 @@ an L-prefix, so every ID is unique. On disk a codebook is one folder, written at
 | file | content |
 | --- | --- |
 | `sid_table.parquet` | item_id, c0 .. cL (cL is the dedup index) |
-| `trie.npz` | the dense per-level child tables of `SidTrie` |
+| `trie.npz` | the per-level child tables of `SidTrie` (sparse where a level is nearly empty) |
 | `centroids.npz` | the per-level centroids, to encode new items greedily |
 | `items.parquet` | item_id, title, categories: for people reading IDs (`genrec sid show`) |
 | `config.json` | the `SidConfig` it was built with |
@@ -17,6 +17,7 @@ an L-prefix, so every ID is unique. On disk a codebook is one folder, written at
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -66,8 +67,7 @@ class Codebook:
     def __post_init__(self) -> None:
         self.item_ids = np.asarray(self.item_ids).astype(str)
         self.codes = np.asarray(self.codes, dtype=np.int64)
-        self._row_of = {item: row for row, item in enumerate(self.item_ids)}
-        if len(self._row_of) != len(self.item_ids):
+        if len(np.unique(self.item_ids)) != len(self.item_ids):
             raise CodebookError("item ids in a codebook must be unique")
         self.trie = SidTrie.from_codes(self.codes, self.level_sizes)
         self._titles: dict[str, str] = {}
@@ -76,6 +76,12 @@ class Codebook:
                             if isinstance(t, str) and t}
 
     # -- lookups ---------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _row_lookup(self) -> dict[str, int]:
+        """Item id -> row, made on the first lookup: training reads only the arrays, and the dict
+        of a catalogue of a million items is ~200 MB in every rank."""
+        return {item: row for row, item in enumerate(self.item_ids.tolist())}
 
     @property
     def code_levels(self) -> int:
@@ -90,11 +96,11 @@ class Codebook:
         return len(self.item_ids)
 
     def __contains__(self, item_id: object) -> bool:
-        return str(item_id) in self._row_of
+        return str(item_id) in self._row_lookup
 
     def row_of(self, item_id: str) -> int:
         try:
-            return self._row_of[str(item_id)]
+            return self._row_lookup[str(item_id)]
         except KeyError:
             raise CodebookError(f"item {item_id!r} is not in the codebook ({len(self)} items)") from None
 
