@@ -238,3 +238,46 @@ def test_a_time_limit_hit_on_one_rank_stops_every_rank() -> None:
         results = manager.dict()
         mp.spawn(_any_rank_worker, args=(free_port(), results), nprocs=2, join=True)
         assert dict(results) == {0: (True, False), 1: (True, False)}
+
+
+def test_a_training_step_changes_no_buffer(splits, tmp_path: Path) -> None:
+    """DDP runs without broadcasting buffers (genrec.train.loop): safe only while no step changes one."""
+    codebook = tiny_codebook()
+    config = tiny_config(epochs=1)
+    data = TrainingData.from_splits(splits, codebook.item_ids, codebook.codes, codebook.level_sizes, config)
+    trainer = Trainer(config, data, tmp_path / "work")
+    before = {name: buffer.clone() for name, buffer in trainer.decoder.named_buffers()}
+    assert before, "the decoder has buffers (item_codes)"
+    trainer.fit(stop_after_steps=3)
+    for name, buffer in trainer.decoder.named_buffers():
+        assert torch.equal(buffer, before[name]), f"a training step changed the buffer {name}"
+
+
+def _ddp_worker(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from genrec.train.distributed import Distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        codebook = tiny_codebook()
+        config = tiny_config(epochs=1)
+        splits = leave_one_out(make_log(users=12, items=30, per_user=6))
+        data = TrainingData.from_splits(splits, codebook.item_ids, codebook.codes, codebook.level_sizes, config)
+        trainer = Trainer(config, data, Path(folder) / "work", Distributed(rank=rank, world=2))
+        trainer.fit(stop_after_steps=4)
+        torch.save(trainer.decoder.state_dict(), Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ddp_ranks_end_with_the_same_weights_and_buffers(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    from testbed.serving import free_port
+
+    mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
