@@ -198,7 +198,7 @@ def train_child(config: GenrecConfig, folder: Path, steps: int, figures_path: Pa
     from genrec.train.run import run_training
 
     rank = int(os.environ.get("RANK", "0"))
-    result = run_training(config, folder / "splits", load_codebook(folder / "codebook"),
+    result = run_training(config, folder / "splits", load_codebook(folder / "codebook", with_items=False),
                           folder / f"train-work-{job}", model_dir, stop_after_steps=steps,
                           log=lambda line: print(line, flush=True))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
@@ -365,38 +365,62 @@ def evaluation_part(args: argparse.Namespace, config: GenrecConfig, work: Path) 
 
 
 def plot(figures: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """One panel per figure the run measured: training speed and RSS against events, the ceiling's
+    three ways of using two cores, evaluation's time and memory, Beauty's codebooks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (speed_axis, rss_axis, sid_axis) = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = [name for name, present in (
+        ("speed", "training" in figures), ("rss", "training" in figures), ("ceiling", "ceiling" in figures),
+        ("evaluation", "evaluation" in figures), ("beauty", "full" in figures.get("beauty", {})))
+        if present] or ["empty"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    axis_of = dict(zip(panels, axes[0], strict=True))
     training = figures.get("training")
     if training:
-        events = sorted(int(n) for n in training["sizes"])
+        # Keys are ints in the run that measured them, strings once read back from the JSON.
+        keys = sorted(training["sizes"], key=int)
+        events = [int(key) for key in keys]
         for ranks in ("1", "2"):
-            speed_axis.plot(events, [training["sizes"][n][ranks]["examples_per_second"] for n in events],
-                            marker="o", label=f"{ranks} rank(s)")
-            rss_axis.plot(events, [max(training["sizes"][n][ranks]["peak_rss_gib_per_rank"]) for n in events],
-                          marker="o", label=f"{ranks} rank(s)")
-        for axis, label in ((speed_axis, "examples/s (training loop)"),
-                            (rss_axis, "peak RSS per rank (GiB)")):
+            runs = [training["sizes"][key][ranks] for key in keys]
+            axis_of["speed"].plot(events, [run["examples_per_second"] for run in runs],
+                                  marker="o", label=f"{ranks} rank(s)")
+            axis_of["rss"].plot(events, [max(run["peak_rss_gib_per_rank"]) for run in runs],
+                                marker="o", label=f"{ranks} rank(s)")
+        for axis, label in ((axis_of["speed"], "examples/s (training loop)"),
+                            (axis_of["rss"], "peak RSS per rank (GiB)")):
             axis.set_xscale("log")
             axis.set_xlabel("events in the log")
             axis.set_ylabel(label)
             axis.grid(alpha=0.3)
             axis.legend()
-        rss_axis.set_ylim(bottom=0)
+        axis_of["rss"].set_ylim(bottom=0)
+    ceiling = figures.get("ceiling")
+    if ceiling:
+        axis = axis_of["ceiling"]
+        kinds = [("one", "1 rank"), ("pair", "2 independent\n1-rank runs"), ("ddp", "2 DDP ranks")]
+        axis.bar([label for _, label in kinds], [ceiling["examples_per_second"][kind] for kind, _ in kinds])
+        axis.set_ylabel("examples/s (sum over processes)")
+        axis.set_title(f"two cores, {ceiling['events']:,}-event log")
+    evaluation = figures.get("evaluation")
+    if evaluation:
+        axis = axis_of["evaluation"]
+        axis.bar(["wall (min)", "peak RSS of the tree (GiB)"],
+                 [evaluation["wall_seconds"] / 60, evaluation["peak_rss_gib"]])
+        axis.set_title(f"evaluation of {evaluation['users']:,} users, {evaluation['workers']} Ray workers")
     beauty = figures.get("beauty")
     if beauty and "full" in beauty:
+        axis = axis_of["beauty"]
         labels = ["collision rate"] + [f"L{i} entropy/8" for i in range(len(beauty["full"]["levels"]))]
         for offset, mode in ((-0.2, "full"), (0.2, "minibatch")):
             entropies = [level["entropy_bits"] / 8 for level in beauty[mode]["levels"]]
             values = [beauty[mode]["collision_rate"], *entropies]
-            sid_axis.bar([i + offset for i in range(len(values))], values, width=0.4, label=mode)
-        sid_axis.set_xticks(range(len(labels)), labels, fontsize=8)
-        sid_axis.set_title("Amazon Beauty: full-batch vs mini-batch RQ-KMeans")
-        sid_axis.legend()
+            axis.bar([i + offset for i in range(len(values))], values, width=0.4, label=mode)
+        axis.set_xticks(range(len(labels)), labels, fontsize=8)
+        axis.set_title("Amazon Beauty: full-batch vs mini-batch RQ-KMeans")
+        axis.legend()
     fig.suptitle("genrec training and codebook at scale, 2-core machine")
     return fig
 

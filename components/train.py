@@ -61,8 +61,8 @@ def train_generator(
                                 "--codebook", codebook.path, "--work-dir", str(work_dir),
                                 "--model-dir", model.path], check=True)
         else:
-            run_training(cfg, frame if frame is not None else splits.path, Codebook.load(codebook.path),
-                         work_dir, model.path,
+            run_training(cfg, frame if frame is not None else splits.path,
+                         Codebook.load(codebook.path, with_items=False), work_dir, model.path,
                          summaries=provider, log=lambda line: print(line, flush=True))
     trained = load_model(model.path)
     record = trained.manifest["training"]

@@ -66,3 +66,24 @@ def test_the_training_benchmark_alternates_rank_counts_and_averages_their_runs()
     both = averaged(runs)
     assert both["examples_per_second"] == 120.0 and both["runs_examples_per_second"] == [100.0, 140.0]
     assert both["peak_rss_gib_per_rank"] == [1.2, 1.5]
+
+
+def test_the_training_benchmarks_plot_shows_the_parts_a_run_measured() -> None:
+    """A run of some parts draws a panel for each, from its own figures (int keys) or read back from
+    the JSON (string keys)."""
+    import json
+
+    from benchmarks.bench_scale_train import plot
+
+    saved = json.loads((REPO / "benchmarks/results/archive/scale_train_dense_trie.json").read_text())["figures"]
+    training = saved["training"]
+    in_process = {**training, "sizes": {int(key): value for key, value in training["sizes"].items()}}
+    for figures in ({"training": training, "beauty": saved["beauty"]}, {"training": in_process}):
+        titles = [axis.get_ylabel() or axis.get_title() for axis in plot(figures).axes]
+        assert titles[:2] == ["examples/s (training loop)", "peak RSS per rank (GiB)"]
+    parts = {"ceiling": {"events": 1_000_000, "examples_per_second": {"one": 600.0, "pair": 1000.0, "ddp": 950.0}},
+             "evaluation": {"users": 1_000_000, "workers": 2, "wall_seconds": 1200.0, "peak_rss_gib": 5.0}}
+    figure = plot(parts)
+    assert len(figure.axes) == 2
+    assert [patch.get_height() for patch in figure.axes[0].patches] == [600.0, 1000.0, 950.0]
+    assert [patch.get_height() for patch in figure.axes[1].patches] == [20.0, 5.0]

@@ -197,3 +197,41 @@ def test_the_hashed_item_index_finds_the_rows_the_plain_lookup_does() -> None:
     assert item_rows(asked, catalogue).tolist() == expected.tolist()
     assert item_rows(asked, item_lookup(catalogue)).tolist() == expected.tolist()
     assert item_rows(pd.Series([], dtype=object), item_lookup(catalogue)).dtype == np.int64
+
+
+@pytest.fixture(scope="module")
+def even_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 users of 3-40 rows in six buckets: every bucket holds histories of every length, as the
+    buckets of a large log do."""
+    rng = np.random.default_rng(11)
+    lengths = rng.integers(3, 41, 600)
+    users = np.repeat(np.arange(len(lengths)).astype(str), lengths)
+    position = np.concatenate([np.arange(n) for n in lengths])
+    from_end = np.concatenate([np.arange(n)[::-1] for n in lengths])
+    frame = pd.DataFrame({
+        "user_id": users, "item_id": rng.integers(0, 90, len(users)).astype(str),
+        "timestamp": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(position, unit="s"),
+        "value": rng.random(len(users)),
+        "split": np.where(from_end == 0, "test", np.where(from_end == 1, "valid", "train"))})
+    folder = tmp_path_factory.mktemp("even") / "splits"
+    folder.mkdir()
+    write_partitioned(frame, folder, 6)
+    return folder
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ranks_step_together_on_batches_of_like_length(even_splits: Path, workers: int) -> None:
+    """Grouped by length, the ranks' batches at one step have similar longest histories (DDP waits for
+    the longest): closer than the same batches paired at random, as independent shuffles would."""
+    recipe = ExampleRecipe(np.array(sorted(map(str, range(85))), dtype=object), recent_items=30,
+                           max_per_user=8)
+    plan = StreamPlan.of_splits(even_splits, recipe, "log1p", progress=lambda done, total: None)
+    for epoch in (0, 1):
+        longest = [[int(b.lengths.max()) for b in shard_stream(plan, recipe, epoch, rank, 2, workers, grouped=True)]
+                   for rank in range(2)]
+        first, second = (np.asarray(ranks) for ranks in longest)
+        assert len(first) == len(second) > 100 and first.std() > 3  # lengths vary across the epoch
+        together = np.abs(first - second).mean()
+        rng = np.random.default_rng(0)
+        apart = np.mean([np.abs(first - rng.permutation(second)).mean() for _ in range(200)])
+        assert together < 0.3 * apart, (together, apart)

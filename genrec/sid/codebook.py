@@ -70,10 +70,6 @@ class Codebook:
         if len(np.unique(self.item_ids)) != len(self.item_ids):
             raise CodebookError("item ids in a codebook must be unique")
         self.trie = SidTrie.from_codes(self.codes, self.level_sizes)
-        self._titles: dict[str, str] = {}
-        if self.items is not None and "title" in self.items.columns:
-            self._titles = {str(i): t for i, t in zip(self.items["item_id"], self.items["title"], strict=True)
-                            if isinstance(t, str) and t}
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -121,6 +117,14 @@ class Codebook:
         rows = rows[np.lexsort(self.codes[rows].T[::-1])]
         return [str(i) for i in self.item_ids[rows]]
 
+    @functools.cached_property
+    def _titles(self) -> dict[str, str]:
+        """Item id -> title, made on the first lookup (people reading IDs, not training)."""
+        if self.items is None or "title" not in self.items.columns:
+            return {}
+        return {str(i): t for i, t in zip(self.items["item_id"], self.items["title"], strict=True)
+                if isinstance(t, str) and t}
+
     def title_of(self, item_id: str) -> str | None:
         return self._titles.get(str(item_id))
 
@@ -152,7 +156,10 @@ class Codebook:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> Codebook:
+    def load(cls, folder: str | Path, with_items: bool = True) -> Codebook:
+        """The codebook a build saved in `folder`. `with_items=False` leaves out the items' titles and
+        categories, which only people reading IDs need: training and serving read the SIDs alone
+        (the titles of a million items are hundreds of MB in every rank)."""
         folder = Path(folder)
         if not folder.is_dir():
             problem = "is a file, not a folder" if folder.exists() else "does not exist"
@@ -172,7 +179,7 @@ class Codebook:
             with np.load(folder / "centroids.npz") as data:
                 centroids = [data[f"level{i}"] for i in range(len(data.files))]
             items_path = folder / "items.parquet"
-            items = pd.read_parquet(items_path) if items_path.is_file() else None
+            items = pd.read_parquet(items_path) if with_items and items_path.is_file() else None
         except (OSError, ValueError, KeyError, ConfigError) as exc:
             if isinstance(exc, CodebookError):
                 raise
@@ -252,8 +259,8 @@ def codebook_metrics(codes: np.ndarray, categories: list[list[str]], config: Sid
     return metrics
 
 
-def load_codebook(folder: str | Path) -> Codebook:
-    return Codebook.load(folder)
+def load_codebook(folder: str | Path, with_items: bool = True) -> Codebook:
+    return Codebook.load(folder, with_items)
 
 
 def describe(codebook: Codebook) -> dict[str, Any]:

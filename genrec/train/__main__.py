@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after-steps", type=int, help="stop as if killed after this step")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
-    run_training(config, args.splits, Codebook.load(args.codebook), args.work_dir,
+    run_training(config, args.splits, Codebook.load(args.codebook, with_items=False), args.work_dir,
                  args.model_dir, stop_after_steps=args.stop_after_steps,
                  log=lambda line: print(line, flush=True))
     return 0

@@ -205,13 +205,13 @@ class Trainer:
         self.module: torch.nn.Module = self.decoder
         if self.dist.active:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            # broadcast_buffers off: the decoder's one buffer, item_codes (every item's SID), is
+            # forward_sync_buffers off: the decoder's one buffer, item_codes (every item's SID), is
             # synced once here and never changed by a step, and DDP would otherwise send it from
             # rank 0 before every forward (16 MB a step at 500k items). A buffer that a step changes
             # fails tests/test_train.py.
             self.module = DistributedDataParallel(self.decoder, device_ids=ids,
                                                   find_unused_parameters=not config.model.code_embedding,
-                                                  broadcast_buffers=False)
+                                                  forward_sync_buffers=False)
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
         for name, param in self.decoder.named_parameters():

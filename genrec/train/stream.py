@@ -54,6 +54,11 @@ from genrec.train.distributed import Distributed
 
 # progress(done, total)
 Progress = Callable[[int, int], None]
+# frac(b / golden ratio) over consecutive b is the most evenly spread sequence in [0, 1).
+GOLDEN_RATIO_CONJUGATE = (math.sqrt(5.0) - 1.0) / 2.0
+# The third entry of the length phase's seed (seed, epoch, this): above any bucket number, so its draw
+# is never a bucket order's (seed, epoch, bucket).
+LENGTH_PHASE_STREAM = 2**32 + 1
 # The columns an example is built from.
 COLUMNS = ["user_id", "item_id", "timestamp", "value", "split"]
 
@@ -203,7 +208,7 @@ class ExampleStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             if len(examples) != size:
                 raise RuntimeError(f"bucket {bucket} of {self.plan.splits} gives {len(examples)} examples, "
                                    f"its plan says {size}: the splits changed since the plan was made")
-            order = self.bucket_order(examples, bucket, before % self.batch_size)[skip_examples:]
+            order = self.bucket_order(examples, bucket, before)[skip_examples:]
             skip_examples = 0
             before += size
             pending.append(examples.subset(order))
@@ -217,22 +222,42 @@ class ExampleStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             yield ExampleSet.concat(pending)
 
 
-    def bucket_order(self, examples: ExampleSet, bucket: int, offset: int) -> np.ndarray:
+    def bucket_order(self, examples: ExampleSet, bucket: int, before: int) -> np.ndarray:
         """The order of a bucket's examples this epoch: a permutation of all of them, drawn from
-        (seed, epoch, bucket) and, grouped by length, the place in a batch where the bucket begins
-        (`offset`, the shard's earlier examples modulo batch_size), all known before the bucket is
-        read, so a resume can skip a number of them. Grouped, the first examples complete the batch
-        the previous bucket began, and the whole batches after them are the length-sorted runs in a
-        shuffled order."""
+        (seed, epoch, bucket) and, grouped by length, from where the bucket begins in its shard
+        (`before`, the shard's earlier examples), all known before the bucket is read, so a resume
+        can skip a number of them. Grouped, the first examples complete the batch the previous
+        bucket began, and the whole batches after them are the length-sorted runs in the order of
+        `length_phases`."""
         rng = np.random.default_rng([self.seed, self.epoch, bucket])
         order = rng.permutation(len(examples))
         if not self.group_by_length:
             return order
         grouped = sorted_in_pools(order, examples.lengths, self.batch_size)
-        head = min(len(grouped), -offset % self.batch_size)
+        head = min(len(grouped), -before % self.batch_size)
         runs = [grouped[i:i + self.batch_size] for i in range(head, len(grouped), self.batch_size)]
         tail = runs.pop() if runs and len(runs[-1]) < self.batch_size else grouped[:0]
-        return np.concatenate([grouped[:head], *(runs[i] for i in rng.permutation(len(runs))), tail])
+        # The shard batch the first whole run becomes: its place in the lockstep.
+        first_batch = (before + head) // self.batch_size
+        longest = np.asarray([examples.lengths[run].max() for run in runs], dtype=np.int64)
+        slots = length_phases(self.seed, self.epoch, first_batch, len(runs))
+        by_length = np.argsort(longest, kind="stable")
+        return np.concatenate([grouped[:head], *(runs[by_length[k]] for k in slots), tail])
+
+
+def length_phases(seed: int, epoch: int, first_batch: int, runs: int) -> np.ndarray:
+    """For shard batches first_batch .. first_batch + runs - 1, the length rank (0 = shortest) of the
+    bucket's run each one takes. DDP steps all ranks together, so a step lasts as long as its
+    longest batch on any rank: with runs shuffled independently per shard, a rank with short
+    histories waits for one with long ones at almost every step (two ranks reached 1.4x one rank
+    on the 1M log, whose history lengths vary most). Shard batch b takes the run at quantile
+    frac(c + b / golden ratio) of its bucket, with c drawn from (seed, epoch): the same b on every
+    rank gives the same quantile, and consecutive batches still sweep every length evenly."""
+    if runs == 0:
+        return np.zeros(0, dtype=np.int64)
+    start = np.random.default_rng([seed, epoch, LENGTH_PHASE_STREAM]).random()
+    phases = np.mod(start + np.arange(first_batch, first_batch + runs) * GOLDEN_RATIO_CONJUGATE, 1.0)
+    return np.argsort(np.argsort(phases, kind="stable"), kind="stable")
 
 
 def take(parts: list[ExampleSet], size: int) -> tuple[ExampleSet, list[ExampleSet]]:
