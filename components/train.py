@@ -17,8 +17,9 @@ def train_generator(
     feature_repo: Input[Artifact] = None,
 ):
     """Trains the semantic-ID decoder on the TRAINING rows of `splits` (teacher forcing, VSL) and
-    writes the model folder, a report with learning curves, and the run's figures. Runs torchrun
-    with `train.processes` processes when that is above 1; resumes from `train.checkpoint_dir`.
+    writes the model folder, a report with learning curves, and the run's figures. Trains under
+    torchrun with `train.processes` processes (in this process only when summary tokens are on);
+    resumes from `train.checkpoint_dir`.
     With `train.launcher: trainjob`, trains in a Kubeflow Trainer TrainJob across nodes instead
     (genrec.train.trainjob), streaming its log here."""
     import json
@@ -45,13 +46,14 @@ def train_generator(
                           log=lambda line: print(line, flush=True))
     else:
         work_dir = Path(cfg.train.checkpoint_dir or f"{model.path}.checkpoints")
-        # A streamed run never holds the splits: they are read a bucket at a time by the trainer.
-        frame = read_parquet(splits.path) if cfg.train.examples == "memory" else None
+        # Summary tokens need the splits' rows in this process (their Feast join); a streamed run
+        # never holds the splits, they are read a bucket at a time by the trainer.
+        in_process = cfg.model.use_summary and cfg.train.examples == "memory"
+        frame = read_parquet(splits.path) if in_process else None
         provider = (summary_provider_for(cfg, feature_repo.path if feature_repo is not None else None, frame,
                                          TRAINING_TARGETS) if frame is not None else None)
-        if cfg.train.processes > 1:
-            if provider is not None:
-                raise ValueError("summary tokens with train.processes > 1 are not wired yet: use one process")
+        if provider is None:
+            # torchrun even for one process: the launch a TrainJob's node makes, here in the step's pod.
             with tempfile.TemporaryDirectory() as tmp:
                 config_path = Path(tmp) / "config.json"
                 config_path.write_text(json.dumps(cfg.to_dict()))
@@ -61,8 +63,10 @@ def train_generator(
                                 "--codebook", codebook.path, "--work-dir", str(work_dir),
                                 "--model-dir", model.path], check=True)
         else:
-            run_training(cfg, frame if frame is not None else splits.path,
-                         Codebook.load(codebook.path, with_items=False), work_dir, model.path,
+            if cfg.train.processes > 1:
+                raise ValueError("summary tokens with train.processes > 1 are not wired yet: set "
+                                 "train.processes=1 or model.use_summary=false")
+            run_training(cfg, frame, Codebook.load(codebook.path, with_items=False), work_dir, model.path,
                          summaries=provider, log=lambda line: print(line, flush=True))
     trained = load_model(model.path)
     record = trained.manifest["training"]

@@ -48,6 +48,10 @@ def test_local_run_then_cached_rerun(small_config: GenrecConfig) -> None:
     assert "Step: codebook" in page.read_text() and page.with_suffix(".json").is_file()
     registry = LocalRegistry(small_config.deploy.registry_dir)
     assert first.metrics()["gate"]["promote"] == 1.0 and registry.versions() == ["v0001"]
+    # `make run`'s training goes through torchrun, as a TrainJob node's does.
+    from genrec.model.artefact import load_model
+
+    assert load_model(first.outputs["vsl_model"].path).manifest["training"]["launched_by_torchrun"]
     second = run_local(small_config)
     # Every step but the gate and the deploy step (they act on the deployed model) comes from the cache.
     uncached = {"gate-model", "deploy-model", "condition-1"}

@@ -42,6 +42,7 @@ def test_train_then_evaluate_under_kfp_local(tmp_path: Path) -> None:
     train_dir = next((tmp_path / "root").glob("train-test-*/train-generator"))
     model = load_model(train_dir / "model")
     assert model.manifest["training"]["finished"] and len(model.manifest["training"]["curves"]) == 2
+    assert model.manifest["training"]["launched_by_torchrun"]  # the local step trains through torchrun
     assert "data:image/png;base64" in (train_dir / "report").read_text()
     assert json.loads((train_dir / "metrics").read_text())["steps"] > 0
     assert "Value@K uses the simulated" in (next((tmp_path / "root").glob("train-test-*/evaluate")) / "report").read_text()

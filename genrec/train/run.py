@@ -4,6 +4,7 @@ in a single process or on every rank under torchrun; only rank 0 writes the arte
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ def training_record(result: TrainResult, config: GenrecConfig) -> dict[str, Any]
         "train_seconds": result.train_seconds,
         "samples_per_second": result.samples_per_second,
         "finished": result.finished,
+        # torchrun (locally or on a TrainJob's node) names its run in every process it starts.
+        "launched_by_torchrun": "TORCHELASTIC_RUN_ID" in os.environ,
         "vsl": config.train.vsl,
         "value_transform": config.train.value_transform,
         **result.stats,
