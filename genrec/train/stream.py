@@ -14,9 +14,10 @@ bucket per loader worker, whatever the size of the log.
 - **Order within a shard.** Its buckets in that order; each bucket's examples shuffled by (seed,
   epoch, bucket); cut into batches of `batch_size`, a batch running on into the next bucket. With
   `group_by_length` (`train.group_by_length`), as in memory: each bucket's shuffled examples are
-  sorted by history length within pools (`sorted_in_pools`), cut into runs on the shard's batch
-  boundaries, and the runs shuffled, all by the same (seed, epoch, bucket), so a resume still skips
-  whole examples.
+  sorted by history length within pools (`sorted_in_pools`) and cut into runs on the shard's batch
+  boundaries; the runs then take the length order of `length_phases`, which every rank shares at the
+  same step. All of it comes from (seed, epoch, bucket) and the bucket's place in the shard, so a
+  resume still skips whole examples.
 - **Lockstep.** DDP steps all ranks together, so every shard yields the same number of batches per
   epoch, `batches_per_shard` (the smallest shard's full batches); the rest of each shard is left out
   of that epoch (`StreamPlan.left_out`), as `drop_last` would. A rank's DataLoader takes its workers'
