@@ -54,7 +54,17 @@ def command_line(argv: list[str] | None = None) -> str:
             head = ["python", str(relative)]
     else:
         head = ["python", Path(argv[0]).name if argv else "?"]
-    return " ".join(shlex.quote(a) for a in [*head, *argv[1:]])
+    return " ".join(shlex.quote(a) for a in [*head, *(beside_repo(arg) for arg in argv[1:])])
+
+
+def beside_repo(arg: str) -> str:
+    """An absolute path inside the checkout or beside it (`../shared/data`) as the repository root
+    sees it; other arguments (scratch folders such as /tmp/scale) as given."""
+    option, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    path = Path(value)
+    if path.is_absolute() and path.is_relative_to(REPO.parent):
+        value = os.path.relpath(path, REPO)
+    return f"{option}{equals}{value}"
 
 
 def git_state() -> dict[str, Any]:

@@ -14,6 +14,11 @@ def test_command_is_relative_to_the_repository() -> None:
     assert command_line([str(REPO / "pipelines" / "run.py"), "--x"]) == "python pipelines/run.py --x"
     assert command_line(["/somewhere/else/tool.py", "--y"]) == "python tool.py --y"
     assert str(REPO) not in command_line([str(REPO / "benchmarks" / "bench_x.py"), "--out", "rel"])
+    # Paths in the checkout or beside it (the shared data) are written from the repository root;
+    # scratch folders elsewhere stay as given.
+    assert command_line([str(REPO / "benchmarks" / "bench_x.py"), "--shared-data", str(REPO.parent / "shared" / "data"),
+                         f"--out={REPO / 'runs' / 'x'}", "--work", "/nonexistent-scratch/scale"]) == \
+        "python -m benchmarks.bench_x --shared-data ../shared/data --out=runs/x --work /nonexistent-scratch/scale"
 
 
 def test_record_names_the_commit_and_a_dirty_tree(tmp_path) -> None:

@@ -27,7 +27,12 @@ BATCH = 7
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Users of every length (one of 300 rows), in six buckets; each user's last two rows held out."""
     rng = np.random.default_rng(5)
-    lengths = np.r_[rng.integers(1, 30, 70), 300]
+    return partitioned_users(np.r_[rng.integers(1, 30, 70), 300], rng, tmp_path_factory.mktemp("stream"))
+
+
+def partitioned_users(lengths: np.ndarray, rng: np.random.Generator, parent: Path) -> Path:
+    """Users of these row counts, each one's last two rows held out (valid, test), written in six
+    buckets under `parent`."""
     users = np.repeat(np.arange(len(lengths)).astype(str), lengths)
     position = np.concatenate([np.arange(n) for n in lengths])
     from_end = np.concatenate([np.arange(n)[::-1] for n in lengths])
@@ -36,7 +41,7 @@ def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "timestamp": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(position, unit="s"),
         "value": rng.random(len(users)),
         "split": np.where(from_end == 0, "test", np.where(from_end == 1, "valid", "train"))})
-    folder = tmp_path_factory.mktemp("stream") / "splits"
+    folder = parent / "splits"
     folder.mkdir()
     write_partitioned(frame, folder, 6)
     return folder
@@ -204,19 +209,7 @@ def even_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """600 users of 3-40 rows in six buckets: every bucket holds histories of every length, as the
     buckets of a large log do."""
     rng = np.random.default_rng(11)
-    lengths = rng.integers(3, 41, 600)
-    users = np.repeat(np.arange(len(lengths)).astype(str), lengths)
-    position = np.concatenate([np.arange(n) for n in lengths])
-    from_end = np.concatenate([np.arange(n)[::-1] for n in lengths])
-    frame = pd.DataFrame({
-        "user_id": users, "item_id": rng.integers(0, 90, len(users)).astype(str),
-        "timestamp": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(position, unit="s"),
-        "value": rng.random(len(users)),
-        "split": np.where(from_end == 0, "test", np.where(from_end == 1, "valid", "train"))})
-    folder = tmp_path_factory.mktemp("even") / "splits"
-    folder.mkdir()
-    write_partitioned(frame, folder, 6)
-    return folder
+    return partitioned_users(rng.integers(3, 41, 600), rng, tmp_path_factory.mktemp("even"))
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -35,7 +35,6 @@ class SparseChildTensor:
         self.keys = torch.as_tensor(table.keys, dtype=torch.long, device=device)
         self.targets = torch.as_tensor(table.targets, dtype=torch.int32, device=device)
         self.offsets = torch.as_tensor(table.offsets, dtype=torch.long, device=device)
-        self.sparse = table
         self.shape = table.shape
 
     def __getitem__(self, nodes: Tensor) -> Tensor:
@@ -50,9 +49,6 @@ class SparseChildTensor:
                  + torch.repeat_interleave(start, count))
         out[owner, self.keys[entry] - flat[owner] * width] = self.targets[entry]
         return out.view(*nodes.shape, width)
-
-    def max(self) -> int:
-        return self.sparse.max()
 
 
 class TrieTables:

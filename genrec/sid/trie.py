@@ -48,12 +48,6 @@ class SparseChildren:
         # Where each node's entries start in `keys` (nodes + 1 offsets), for whole rows.
         self.offsets = np.searchsorted(self.keys, np.arange(nodes + 1, dtype=np.int64) * width)
 
-    @classmethod
-    def from_dense(cls, table: np.ndarray) -> SparseChildren:
-        nodes, width = table.shape
-        keys = np.flatnonzero(table.reshape(-1) != INVALID)
-        return cls(keys, table.reshape(-1)[keys], nodes, width)
-
     @property
     def size(self) -> int:
         """Cells of the dense table it stands for."""
