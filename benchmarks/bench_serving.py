@@ -1,15 +1,19 @@
 """Serving load: a real `genrec serve` process with the Beauty LazyAR model (the one bench_quality
 trains and caches), driven open-loop by benchmarks/loadgen.py over loopback HTTP at rising offered
-loads, for every rung of the beam ladder. Writes benchmarks/results/serving_load.json (+ .png:
-latency against offered load per rung).
+loads, for every rung of the beam ladder. Writes benchmarks/results/<name>.json (+ .png: latency
+against offered load per rung, and where a request's time goes at low and high load).
 
-    nice python -m benchmarks.bench_serving [--loads 50 100 200 300 400] [--seconds 10]
+    python -m benchmarks.bench_serving [--loads 200 400 800 1000] [--seconds 10] [--name serving_load]
 
-Capacity at a rung = the highest load served with zero errors and p99 <= the SLO
-(controller.slo_p99_seconds); throughput capacity = the highest served with zero errors at any
-latency. The load generator shares the machine's two cores with the server,
-so the figures are a lower bound on what the server alone could do; the load average before and
-after each run is recorded, since other jobs share the machine too.
+Capacity at a rung = the highest load served with zero errors and p99 <= --p99-target-ms;
+throughput capacity = the highest served with zero errors at any latency (the controller's
+feed-forward table, `controller.rung_capacity_rps`). The load generator shares the machine's cores
+with the server; its CPU share, and the server's, are recorded per point, as is the load average.
+
+Each point also carries the server's request profile (`benchmarks/request_profile.py`): the mean and
+p99 time per request in parse, queue, Feast read, decode and serialise, the garbage collector's
+pauses, and the mean decode batch. The Beauty reference model reads no summaries, so it does no
+Feast reads (its `feast` stage is empty).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from benchmarks.common import prepare, run_config, train_cached
 from benchmarks.harness import save_result
 from benchmarks.loadgen import run_load
+from benchmarks.request_profile import STAGES, Snapshot
 from genrec.config import GenrecConfig
 from genrec.model.artefact import TrainedModel, save_model
 from genrec.train.data import evaluation_requests
@@ -37,6 +42,8 @@ TOKEN = "bench-serving"
 # Distinct request bodies cycled by the load generator (users of the test split).
 BODIES = 2000
 WARMUP_SECONDS = 3.0
+# A point whose achieved rate falls this far short of the offered one did not serve the load.
+SERVED_FRACTION = 0.97
 
 
 def load_average() -> list[float]:
@@ -74,17 +81,37 @@ def set_rung(url: str, rung: int) -> dict:
     return response.json()
 
 
+def measure_point(server: Any, bodies: list[dict], qps: float, seconds: float) -> dict[str, Any]:
+    """One open-loop run at `qps`, with the server's request profile and both processes' CPU."""
+    before_load = load_average()
+    snapshot = Snapshot.take(server.url, server.process.pid)
+    result = run_load(server.predict_url, bodies, qps=qps, duration_s=seconds)
+    profile = Snapshot.take(server.url, server.process.pid).since(snapshot)
+    return {**result.to_json(), "profile": profile, "load_average_before": before_load,
+            "load_average_after": load_average()}
+
+
+def served(point: dict[str, Any], p99_ms: float | None = None) -> bool:
+    """Zero errors, the offered rate achieved, and (when given) p99 within `p99_ms`."""
+    return (point["errors"] == 0 and point["achieved_qps"] >= SERVED_FRACTION * point["offered_qps"]
+            and (p99_ms is None or point["p99_ms"] <= p99_ms))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--loads", type=float, nargs="+", default=[50, 100, 150, 200, 250, 300, 400])
+    parser.add_argument("--loads", type=float, nargs="+",
+                        default=[100, 200, 400, 600, 800, 900, 1000, 1200])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rungs", type=int, nargs="*", default=None, help="default: every rung")
+    parser.add_argument("--p99-target-ms", type=float, default=50.0,
+                        help="capacity = the highest load served with p99 within this")
+    parser.add_argument("--name", default="serving_load", help="result name (benchmarks/results/<name>.json)")
     parser.add_argument("--set", action="append", default=[], help="serving config override for the server")
     args = parser.parse_args()
     config = GenrecConfig().with_overrides(args.set)
     serving = config.serving
-    slo_ms = config.controller.slo_p99_seconds * 1000
+    target_ms = args.p99_target_ms
     rungs = args.rungs if args.rungs is not None else list(range(len(serving.beam_ladder)))
     load_start = load_average()
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,24 +126,27 @@ def main() -> None:
                 run_load(server.predict_url, bodies, qps=min(args.loads), duration_s=WARMUP_SECONDS)
                 points = []
                 for qps in args.loads:
-                    before = load_average()
-                    result = run_load(server.predict_url, bodies, qps=qps, duration_s=args.seconds)
-                    point = {**result.to_json(), "load_average_before": before,
-                             "load_average_after": load_average()}
+                    point = measure_point(server, bodies, qps, args.seconds)
                     points.append(point)
-                    print(f"rung {rung} {policy['widths']} offered {qps:.0f}/s: "
-                          f"achieved {result.achieved_qps:.0f}/s p50 {result.p50_ms:.1f} ms "
-                          f"p99 {result.p99_ms:.1f} ms errors {result.errors}", flush=True)
+                    profile = point["profile"]
+                    stages = " ".join(f"{k} {v['mean_ms']:.1f}" for k, v in profile["stages"].items()
+                                      if v["count"])
+                    print(f"rung {rung} {policy['widths']} offered {qps:.0f}/s: achieved "
+                          f"{point['achieved_qps']:.0f}/s p50 {point['p50_ms']:.1f} ms "
+                          f"p99 {point['p99_ms']:.1f} ms "
+                          f"errors {point['errors']} | cpu server {profile['server_cpu_cores']:.2f} loadgen "
+                          f"{profile['load_generator_cpu_cores']:.2f} | mean ms: {stages}", flush=True)
                     # Policy may have been stepped down by the guard under overload: put it back.
                     set_rung(server.url, rung)
-                    if result.errors > result.sent // 2:
-                        break  # far past capacity; heavier loads only queue more
-                within = [p for p in points if p["errors"] == 0 and p["p99_ms"] <= slo_ms]
+                    if not served(point):
+                        break  # past capacity; heavier loads only queue more
+                within = [p for p in points if served(p, target_ms)]
                 results[str(rung)] = {
                     "widths": policy["widths"],
                     "capacity_qps": max((p["achieved_qps"] for p in within), default=0.0),
-                    # Highest throughput served without errors, whatever the latency (the soak's base).
-                    "throughput_capacity_qps": max((p["achieved_qps"] for p in points if p["errors"] == 0),
+                    # Highest throughput served without errors, whatever the latency (the soak's base
+                    # and the controller's feed-forward).
+                    "throughput_capacity_qps": max((p["achieved_qps"] for p in points if served(p)),
                                                    default=0.0),
                     "capacity_offered_qps": max((p["offered_qps"] for p in within), default=0.0),
                     "points": points,
@@ -128,39 +158,62 @@ def main() -> None:
         "model": "amazon-beauty LazyAR (bench_quality cache)",
         "items": int(model.decoder.item_codes.shape[0]),
         "levels": model.decoder.levels,
-        "slo_p99_ms": slo_ms,
+        "reads_summaries": bool(model.decoder.summary_dim),
+        "p99_target_ms": target_ms,
         "duration_s_per_point": args.seconds,
-        "server": {"threads": 1, "max_batch_size": serving.max_batch_size,
-                   "max_batch_wait_ms": serving.max_batch_wait_ms, "overrides": args.set},
+        "server": {"max_batch_size": serving.max_batch_size, "max_batch_wait_ms": serving.max_batch_wait_ms,
+                   "overrides": args.set},
         "default_rung": serving.default_rung,
         "rungs": results,
+        "rung_capacity_rps": [results[str(r)]["throughput_capacity_qps"] for r in sorted(map(int, results))],
         "load_average_start_end": [load_start, load_average()],
         "cpus": os.cpu_count(),
-        "note": "load generator and server share the machine's cores",
+        "note": "load generator and server share the machine's cores; each point records both CPU shares",
     }
     if default is not None:
-        at_200 = [p for p in default["points"] if p["offered_qps"] >= 200]
-        figures["default_rung_at_200qps"] = at_200[0] if at_200 else None
-        figures["target_met"] = bool(at_200 and at_200[0]["errors"] == 0 and at_200[0]["p99_ms"] <= slo_ms
-                                     and at_200[0]["achieved_qps"] >= 0.95 * 200)
+        points = default["points"]
+        figures["default_rung_capacity_qps"] = default["capacity_qps"]
+        figures["profile_low_load"] = {"offered_qps": points[0]["offered_qps"], **points[0]["profile"]}
+        top = [p for p in points if served(p, target_ms)] or points[:1]
+        figures["profile_high_load"] = {"offered_qps": top[-1]["offered_qps"], **top[-1]["profile"]}
+        at_800 = [p for p in points if p["offered_qps"] >= 800]
+        figures["default_rung_at_800qps"] = at_800[0] if at_800 else None
+        figures["target_met"] = bool(at_800 and served(at_800[0], target_ms))
 
     def plot() -> plt.Figure:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
         for rung, data in results.items():
             offered = [p["offered_qps"] for p in data["points"]]
             label = f"rung {rung} {data['widths']}"
             axes[0].plot(offered, [p["p99_ms"] for p in data["points"]], marker="o", label=label)
             axes[1].plot(offered, [p["p50_ms"] for p in data["points"]], marker="o", label=label)
         for ax, name in zip(axes, ("p99", "p50")):
-            ax.axhline(slo_ms, ls="--", color="grey", label="SLO (p99)")
+            ax.axhline(target_ms, ls="--", color="grey", label=f"target p99 {target_ms:.0f} ms")
             ax.set_xlabel("offered load (requests/s)")
             ax.set_ylabel(f"{name} latency (ms)")
             ax.set_yscale("log")
             ax.legend(fontsize=7)
-        fig.suptitle("genrec serve, Beauty LazyAR, 2-core CPU shared with the load generator")
+        if default is not None:
+            plot_profile(axes[2], {"low load": figures["profile_low_load"],
+                                   "high load": figures["profile_high_load"]})
+        fig.suptitle(f"genrec serve, Beauty LazyAR, {os.cpu_count()}-core CPU shared with the load generator")
         return fig
 
-    save_result("serving_load", figures, plot)
+    save_result(args.name, figures, plot)
+
+
+def plot_profile(ax: Any, profiles: dict[str, dict[str, Any]]) -> None:
+    """Stacked mean time per request and stage, one bar per profile."""
+    bottoms = np.zeros(len(profiles))
+    labels = [f"{name}\n{p['offered_qps']:.0f}/s" for name, p in profiles.items()]
+    for stage in STAGES:
+        values = np.array([p["stages"].get(stage, {}).get("mean_ms", 0.0) or 0.0 for p in profiles.values()])
+        values = np.nan_to_num(values)
+        ax.bar(labels, values, bottom=bottoms, label=stage)
+        bottoms += values
+    ax.set_ylabel("mean ms per request")
+    ax.set_title("where a request's time goes (server)")
+    ax.legend(fontsize=7)
 
 
 if __name__ == "__main__":

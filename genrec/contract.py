@@ -34,6 +34,11 @@ def rung_of(body: Any) -> int | None:
 REQUEST_SECONDS = "genrec_request_duration_seconds"  # histogram, end to end
 FEATURE_FETCH_SECONDS = "genrec_feature_fetch_duration_seconds"  # histogram, Feast online read
 DECODE_SECONDS = "genrec_decode_duration_seconds"  # histogram, beam search (+ DARE)
+# histogram, label stage: parse | queue | feast | decode | serialise; per request, so a decode batch's
+# time counts once for each of its requests (the request profile: where a request's time goes)
+REQUEST_STAGE_SECONDS = "genrec_request_stage_duration_seconds"
+# histogram, label generation: 0 | 1 | 2; the garbage collector's pauses (they stop every thread)
+GC_PAUSE_SECONDS = "genrec_gc_pause_duration_seconds"
 # counter, label code: ok | client_error | overloaded (503, shed after serving.max_queue_ms) | server_error
 REQUESTS = "genrec_requests_total"
 INFLIGHT = "genrec_inflight_requests"  # gauge

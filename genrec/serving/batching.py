@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from genrec.serving import instruments as m
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -90,6 +92,7 @@ class DynamicBatcher(Generic[T, R]):
                         f"serving.max_queue_ms={1000 * self.max_queue:.0f}: the server is overloaded, retry"))
                     continue
                 live.append((item, future))
+                m.STAGE["queue"].observe(now - queued)
             if not live:
                 continue
             self.busy_since = time.monotonic()

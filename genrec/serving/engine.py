@@ -185,7 +185,10 @@ class ServingEngine:
         """Recommendations for a batch of validated instances, in order."""
         m.BATCH_SIZE.observe(len(instances))
         current = self.state.current.policy
+        fetch_started = time.perf_counter()
         summaries = self._summaries(instances)
+        if self.wants_summaries:
+            _observe_each(m.STAGE["feast"], time.perf_counter() - fetch_started, len(instances))
         out: list[Recommendation | None] = [None] * len(instances)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, instance in enumerate(instances):
@@ -212,7 +215,9 @@ class ServingEngine:
             started = time.perf_counter()
             result = self._search([list(inst.recent_items) for inst in batch], widths, top_k, stacked,
                                   have_summaries=summaries is not None)
-            m.DECODE_SECONDS.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            m.DECODE_SECONDS.observe(elapsed)
+            _observe_each(m.STAGE["decode"], elapsed, len(members))
             answers = self._answers(result, [inst.k for inst in batch], "", widths)
             for i, answer, context in zip(members, answers, contexts):
                 answer.context = context
@@ -289,6 +294,12 @@ class ServingEngine:
             out.append(Recommendation([str(self.model.item_ids[r]) for r, _ in pairs], [s for _, s in pairs],
                                       [self.codes[r].tolist() for r, _ in pairs], context, tuple(widths)))
         return out
+
+
+def _observe_each(histogram: Any, seconds: float, requests: int) -> None:
+    """A batch's time, once per request in it: the stage profile is per request."""
+    for _ in range(requests):
+        histogram.observe(seconds)
 
 
 def _cut(answer: Recommendation, k: int) -> Recommendation:

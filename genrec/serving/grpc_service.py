@@ -135,9 +135,15 @@ class GenrecInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ig
                 outcome = "client_error"
                 failure = (grpc.StatusCode.NOT_FOUND, self._not_served(request.model_name))
             else:
+                parsing = time.perf_counter()
                 decoded = request_from_grpc(request)
-                outputs = await self.model.infer(decoded)
-                response = response_to_grpc(self.model.name, decoded, outputs)
+                instances = self.model.v2_instances(decoded)
+                answering = time.perf_counter()
+                m.STAGE["parse"].observe(answering - parsing)
+                answers = await self.model.recommend(instances)
+                answered = time.perf_counter()
+                response = response_to_grpc(self.model.name, decoded, self.model.v2_outputs(answers))
+                m.STAGE["serialise"].observe(time.perf_counter() - answered)
                 outcome = "ok"
                 return response
         except RequestError as exc:

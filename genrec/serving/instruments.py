@@ -7,6 +7,10 @@ Names come from `genrec.contract`; labels are small fixed sets (never a user or 
 
 from __future__ import annotations
 
+import gc
+import time
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from genrec import contract as names
@@ -24,6 +28,13 @@ FEATURE_FETCH_SECONDS = Histogram(names.FEATURE_FETCH_SECONDS, "Feast online rea
                                   buckets=LATENCY_BUCKETS)
 DECODE_SECONDS = Histogram(names.DECODE_SECONDS, "Beam search (or DARE) per decode batch.",
                            buckets=LATENCY_BUCKETS)
+REQUEST_STAGE_SECONDS = Histogram(names.REQUEST_STAGE_SECONDS,
+                                  "Time a predict request spends in each stage of the request path.",
+                                  ["stage"], buckets=LATENCY_BUCKETS)
+# A young collection takes tens of microseconds; a full one over a large heap, many milliseconds.
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+GC_PAUSE_SECONDS = Histogram(names.GC_PAUSE_SECONDS, "Garbage-collector pauses by generation.",
+                             ["generation"], buckets=GC_BUCKETS)
 REQUESTS = Counter(names.REQUESTS, "Predict requests by outcome.", ["code"])
 INFLIGHT = Gauge(names.INFLIGHT, "Predict requests being served now.")
 BATCH_SIZE = Histogram(names.BATCH_SIZE, "Requests (instances) per decode batch.", buckets=BATCH_BUCKETS)
@@ -55,6 +66,25 @@ for _reason in ("unknown_user", "unavailable"):
     FEAST_MISSES.labels(reason=_reason)
 for _kind in ("history_only", "popular"):
     FALLBACKS.labels(kind=_kind)
+# The request path's stages, in the order a request passes them.
+STAGES = ("parse", "queue", "feast", "decode", "serialise")
+STAGE = {stage: REQUEST_STAGE_SECONDS.labels(stage=stage) for stage in STAGES}
+GC_PAUSE = {generation: GC_PAUSE_SECONDS.labels(generation=str(generation)) for generation in range(3)}
+
+
+def time_gc_pauses() -> None:
+    """Times every garbage collection into genrec_gc_pause_duration_seconds{generation}: a collection
+    stops every Python thread, so a long one shows in every request's latency at once."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            GC_PAUSE[int(info["generation"])].observe(time.perf_counter() - started[0])
+
+    if not any(getattr(c, "__qualname__", "").startswith("time_gc_pauses") for c in gc.callbacks):
+        gc.callbacks.append(callback)
 
 
 # Metric families registered in this process that would only ever read zero: Feast registers its

@@ -154,14 +154,16 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         """KServe's model API for a v1 body (`{"instances": [...]}`) -> `{"predictions": [...]}`."""
         instances = parse_v1(payload, self.request_rules())
-        answers = await self.recommend(instances)
-        return {"predictions": [a.to_json(i.user_id) for a, i in zip(answers, instances)]}
+        return predictions(await self.recommend(instances), instances)
 
     async def infer(self, request: v2.InferRequest) -> list[v2.OutputTensor]:
         """The v2 outputs for a decoded v2 request (the requested ones are picked when encoding)."""
+        return self.v2_outputs(await self.recommend(self.v2_instances(request)))
+
+    def v2_instances(self, request: v2.InferRequest) -> list[Instance]:
+        """A decoded v2 request's validated instances."""
         request.selected(OUTPUT_NAMES)  # an unknown output name is a 400 before any decoding
-        answers = await self.recommend(v2.parse_v2(request.inputs, self.request_rules()))
-        return self.v2_outputs(answers)
+        return v2.parse_v2(request.inputs, self.request_rules())
 
     def v2_outputs(self, answers: list[Recommendation]) -> list[v2.OutputTensor]:
         k = max((len(a.item_ids) for a in answers), default=0)
@@ -220,6 +222,11 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
             self.batcher.close()
         if self.fetcher is not None:
             self.fetcher.close()
+
+
+def predictions(answers: list[Recommendation], instances: list[Instance]) -> dict[str, Any]:
+    """The v1 answer body."""
+    return {"predictions": [a.to_json(i.user_id) for a, i in zip(answers, instances)]}
 
 
 class NotReady(RuntimeError):

@@ -25,6 +25,7 @@ line; only a bug in genrec is a 500 (logged with its traceback).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata as package_metadata
 from typing import Any
@@ -35,13 +36,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from genrec.serving import instruments as m
 from genrec.serving import v2
 from genrec.serving.admin import ServingMiddleware, install_admin_routes
 from genrec.serving.batching import Overloaded
 from genrec.serving.instruments import exported
 from genrec.serving.logs import client_error
-from genrec.serving.model import GenerativeRecommender, NotReady
-from genrec.serving.requests import RequestError, parse_json
+from genrec.serving.model import GenerativeRecommender, NotReady, predictions
+from genrec.serving.requests import RequestError, parse_json, parse_v1
 
 log = logging.getLogger("genrec.serving")
 
@@ -128,15 +130,29 @@ class Routes:
 
     async def predict(self, request: Request) -> Response:
         self._check_name(request)
-        payload = parse_json(await request.body(), self.max_depth, "the v1 request")
-        return json_response(await self.model.predict(payload))
+        body = await request.body()
+        started = time.perf_counter()
+        instances = parse_v1(parse_json(body, self.max_depth, "the v1 request"), self.model.request_rules())
+        parsed = time.perf_counter()
+        m.STAGE["parse"].observe(parsed - started)
+        answers = await self.model.recommend(instances)
+        answered = time.perf_counter()
+        response = json_response(predictions(answers, instances))
+        m.STAGE["serialise"].observe(time.perf_counter() - answered)
+        return response
 
     async def infer(self, request: Request) -> Response:
         self._check_name(request)
-        decoded = v2.decode_request(await request.body(), request.headers.get(v2.HEADER_LENGTH),
-                                    self.max_depth)
-        outputs = await self.model.infer(decoded)
-        body, headers = v2.encode_response(self.name, decoded, outputs)
+        raw = await request.body()
+        started = time.perf_counter()
+        decoded = v2.decode_request(raw, request.headers.get(v2.HEADER_LENGTH), self.max_depth)
+        instances = self.model.v2_instances(decoded)
+        parsed = time.perf_counter()
+        m.STAGE["parse"].observe(parsed - started)
+        answers = await self.model.recommend(instances)
+        answered = time.perf_counter()
+        body, headers = v2.encode_response(self.name, decoded, self.model.v2_outputs(answers))
+        m.STAGE["serialise"].observe(time.perf_counter() - answered)
         return Response(body, headers=headers)
 
     async def metrics(self, request: Request) -> Response:

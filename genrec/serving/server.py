@@ -22,7 +22,7 @@ from typing import Any
 from genrec.config import ServingConfig
 from genrec.serving._kserve import import_kserve
 from genrec.serving.http_protocol import ConnectionLimits, bounded_protocol
-from genrec.serving.instruments import LOG_LINES_DROPPED
+from genrec.serving.instruments import LOG_LINES_DROPPED, time_gc_pauses
 from genrec.serving.logs import install_rate_limits
 from genrec.serving.model import GenerativeRecommender
 
@@ -127,6 +127,7 @@ def serve(model: GenerativeRecommender, host: str, http_port: int, grpc_port: in
     # the collector's generations, a full collection no longer walks it in the middle of requests.
     gc.collect()
     gc.freeze()
+    time_gc_pauses()
     server = GenrecModelServer(app, model, host, http_port, grpc_port)
     # After the ModelServer exists: its constructor installs KServe's logging configuration.
     configure_logging(model.serving, access_log)
