@@ -29,10 +29,19 @@ STAGES = ("parse", "queue", "feast", "decode", "serialise")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid`, all its threads."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process `pid` and its live children (the decode process), all
+    their threads."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def own_cpu_seconds() -> float:

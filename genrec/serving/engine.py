@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from genrec.config import ServingConfig
 from genrec.model.artefact import TrainedModel
-from genrec.model.beam import BeamResult, beam_search
 from genrec.serving import instruments as m
 from genrec.serving.admin import PolicyState
+from genrec.serving.decode_worker import BeamSearcher, DecodeProcess, SearchBatch, SearchOutput
 from genrec.serving.requests import Instance
-from genrec.serving.speculative import RetrievalPool, cluster_of_requests, dare_beam_search
+from genrec.serving.speculative import RetrievalPool
 
 log = logging.getLogger("genrec.serving")
 
@@ -148,8 +147,11 @@ class SummaryFetcher:
 class ServingEngine:
     def __init__(self, model: TrainedModel, config: ServingConfig, state: PolicyState,
                  fetcher: SummaryFetcher | None = None, pool: RetrievalPool | None = None,
-                 summary_shape: tuple[int, int] | None = None) -> None:
+                 summary_shape: tuple[int, int] | None = None,
+                 searcher: BeamSearcher | DecodeProcess | None = None) -> None:
         self.model = model
+        # Where beam search runs (genrec.serving.decode_worker): this process unless given.
+        self.searcher = searcher if searcher is not None else BeamSearcher(model, config, pool)
         self.config = config
         self.state = state
         self.fetcher = fetcher
@@ -260,33 +262,27 @@ class ServingEngine:
                 out[row, :value.shape[0]] = value
         return out
 
-    @torch.inference_mode()
     def _search(self, histories: list[list[str]], widths: tuple[int, ...], top_k: int,
-                summaries: np.ndarray | None, have_summaries: bool = False) -> BeamResult:
-        recent = self.model.history_rows(histories)
-        device = self.decoder.item_codes.device
+                summaries: np.ndarray | None, have_summaries: bool = False) -> SearchOutput:
         model_summary = None
         if self.summary_dim:
-            given = summaries if summaries is not None else self._zeros(len(histories))
-            model_summary = torch.as_tensor(given, dtype=torch.float32, device=device)
-        context = self.decoder.embed_context(recent, model_summary)
-        if self.pool is None or not self.config.dare:
-            m.DECODER_PASSES.inc(self.decoder.levels)
-            # Every item the request names, not only the R the context keeps.
-            exclude = (self.model.history_rows(histories, self.config.max_recent_items)
-                       if self.config.exclude_history else None)
-            return beam_search(self.decoder, context, self.model.tables, widths, top_k, exclude=exclude)
-        clusters = cluster_of_requests(self.pool, self.decoder, recent,
-                                       summaries if have_summaries else None)
-        result, stats = dare_beam_search(self.decoder, context, self.model.tables, widths, top_k, self.pool,
-                                         clusters.tolist(), self.config.dare_drafts, self.config.dare_top_k,
-                                         self.config.dare_min_prob)
-        m.DECODER_PASSES.inc(max(stats.passes, default=0))
-        m.DARE_DRAFT_TOKENS.inc(stats.draft_tokens)
-        m.DARE_ACCEPTED_TOKENS.inc(stats.accepted_tokens)
-        return result
+            model_summary = summaries if summaries is not None else self._zeros(len(histories))
+        recent = self.model.history_rows(histories).cpu().numpy()
+        # Every item the request names, not only the R the context keeps.
+        exclude = (self.model.history_rows(histories, self.config.max_recent_items).cpu().numpy()
+                   if self.config.exclude_history else None)
+        dare = self.pool is not None and self.config.dare
+        batch = SearchBatch(recent, exclude if not dare else None, tuple(widths), top_k,
+                            model_summary if not dare or self.summary_dim else summaries,
+                            cluster_by_summary=dare and have_summaries)
+        output = self.searcher.search(batch)
+        m.DECODER_PASSES.inc(output.passes)
+        if dare:
+            m.DARE_DRAFT_TOKENS.inc(output.draft_tokens)
+            m.DARE_ACCEPTED_TOKENS.inc(output.accepted_tokens)
+        return output
 
-    def _answers(self, result: BeamResult, ks: list[int], context: str, widths: tuple[int, ...]
+    def _answers(self, result: SearchOutput, ks: list[int], context: str, widths: tuple[int, ...]
                  ) -> list[Recommendation]:
         out = []
         for rows, scores, k in zip(result.items.tolist(), result.scores.tolist(), ks):

@@ -19,7 +19,6 @@ Health, as the probes and the readiness detail report it:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from genrec.serving import v2
 from genrec.serving._kserve import import_kserve
 from genrec.serving.admin import PolicyState
 from genrec.serving.batching import DynamicBatcher, Overloaded
+from genrec.serving.decode_worker import DecodeProcess
 from genrec.serving.engine import Recommendation, ServingEngine, SummaryFetcher
 from genrec.serving.housekeeping import Housekeeper
 from genrec.serving.policy import BeamLadder
@@ -89,6 +89,7 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
         self.fetcher: SummaryFetcher | None = None
         self.rules: RequestRules | None = None
         self.housekeeper: Housekeeper | None = None
+        self.searcher: DecodeProcess | None = None
 
     def load(self) -> bool:
         from genrec.model.artefact import load_model
@@ -101,7 +102,14 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
                                           self.serving.feature_probe_seconds)
             shape = self.fetcher.warm_up(FEAST_WARMUP_SECONDS)
         pool = self._pool(model, folder) if self.serving.dare else None
-        self.serving_engine = ServingEngine(model, self.serving, self.state, self.fetcher, pool, shape)
+        searcher = None
+        if self.serving.decode_worker == "process":
+            # The child loads the same folder; this process keeps the model for validation, the
+            # history rows and the answers' item ids.
+            searcher = DecodeProcess(folder, self.device, self.serving, pool)
+        self.searcher = searcher
+        self.serving_engine = ServingEngine(model, self.serving, self.state, self.fetcher, pool, shape,
+                                            searcher)
         self.batcher = DynamicBatcher(self.serving_engine.decode, self.serving.max_batch_size,
                                       self.serving.max_batch_wait_ms, self.serving.max_queue_ms)
         self.rules = RequestRules(self.serving, self.ladder, self.serving_engine.decoder.levels)
@@ -146,7 +154,7 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
                                f"{shown}")
         timeout = self.serving.request_timeout_ms / 1000.0
         try:
-            return await asyncio.wait_for(self.batcher.submit_many(instances), timeout)
+            return await self.batcher.submit_many(instances, timeout)
         except TimeoutError as exc:
             raise Overloaded(f"no answer within serving.request_timeout_ms={timeout * 1000:.0f}: the "
                              "server is overloaded, retry") from exc
@@ -222,6 +230,8 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
             self.batcher.close()
         if self.fetcher is not None:
             self.fetcher.close()
+        if self.searcher is not None:
+            self.searcher.close()
 
 
 def predictions(answers: list[Recommendation], instances: list[Instance]) -> dict[str, Any]:
