@@ -81,6 +81,41 @@ def set_rung(url: str, rung: int) -> dict:
     return response.json()
 
 
+def recall_parity(url: str, model: TrainedModel, prepared: Any, serving: Any, count: int,
+                  k: int = 10) -> dict[str, Any]:
+    """Recall@k at the default rung of the served answers (HTTP, the decode process) and of the
+    in-process reference (`BeamSearcher`, the library's beam search) on the same test-split users,
+    and how many answers differ at all."""
+    from genrec.serving.decode_worker import BeamSearcher, SearchBatch
+
+    requests = evaluation_requests(prepared.splits, model.item_ids, model.decoder.config.recent_items, "test")
+    chosen = np.random.default_rng(1).choice(len(requests), size=min(count, len(requests)), replace=False)
+    chosen = chosen[requests.lengths[chosen] > 0]
+    widths = tuple(serving.beam_ladder[serving.default_rung])
+    levels = model.decoder.levels
+    widths = tuple(widths[min(i, len(widths) - 1)] for i in range(levels))
+    reference = BeamSearcher(model, serving, None)
+    served: list[list[str]] = []
+    expected: list[list[str]] = []
+    step = serving.max_instances_per_request
+    for start in range(0, len(chosen), step):
+        index = chosen[start:start + step]
+        histories = [requests.recent[i][requests.recent[i] >= 0][::-1] for i in index]  # oldest first
+        instances = [{"user_id": str(requests.users[i]), "k": k,
+                      "recent_items": [str(model.item_ids[r]) for r in history]}
+                     for i, history in zip(index, histories)]
+        response = httpx.post(f"{url}/v1/models/genrec:predict", json={"instances": instances}, timeout=60)
+        response.raise_for_status()
+        served.extend([entry["item_id"] for entry in p["items"]] for p in response.json()["predictions"])
+        output = reference.search(SearchBatch(requests.recent[index], None, widths, k, None, False))
+        expected.extend([str(model.item_ids[r]) for r in row if r >= 0] for row in output.items)
+    targets = [str(model.item_ids[t]) if t >= 0 else "" for t in requests.targets[chosen]]
+    return {"users": len(chosen), "k": k, "widths": list(widths),
+            "served_recall": float(np.mean([t in s[:k] for t, s in zip(targets, served)])),
+            "reference_recall": float(np.mean([t in e[:k] for t, e in zip(targets, expected)])),
+            "answers_differing": sum(s != e for s, e in zip(served, expected))}
+
+
 def measure_point(server: Any, bodies: list[dict], qps: float, seconds: float) -> dict[str, Any]:
     """One open-loop run at `qps`, with the server's request profile and both processes' CPU."""
     before_load = load_average()
@@ -121,6 +156,11 @@ def main() -> None:
                               log_path=Path(tmp) / "server.log")
         results: dict[str, Any] = {}
         try:
+            set_rung(server.url, serving.default_rung)
+            parity = recall_parity(server.url, model, prepared, serving, BODIES)
+            print(f"recall@10 served {parity['served_recall']:.4f} "
+                  f"reference {parity['reference_recall']:.4f} answers differing "
+                  f"{parity['answers_differing']}/{parity['users']}", flush=True)
             for rung in rungs:
                 policy = set_rung(server.url, rung)
                 run_load(server.predict_url, bodies, qps=min(args.loads), duration_s=WARMUP_SECONDS)
@@ -165,6 +205,7 @@ def main() -> None:
                    "overrides": args.set},
         "default_rung": serving.default_rung,
         "rungs": results,
+        "recall_parity": parity,
         "rung_capacity_rps": [results[str(r)]["throughput_capacity_qps"] for r in sorted(map(int, results))],
         "load_average_start_end": [load_start, load_average()],
         "cpus": os.cpu_count(),

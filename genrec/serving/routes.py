@@ -24,9 +24,10 @@ line; only a bug in genrec is a 500 (logged with its traceback).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata as package_metadata
 from typing import Any
 
@@ -205,9 +206,20 @@ class Routes:
         return ""
 
 
-def build_app(model: GenerativeRecommender) -> FastAPI:
-    """The predictor's HTTP app for a loaded model: genrec's middleware, routes and admin endpoint."""
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+def build_app(model: GenerativeRecommender, stop_model_on_shutdown: bool = False) -> FastAPI:
+    """The predictor's HTTP app for a loaded model: genrec's middleware, routes and admin endpoint.
+    With `stop_model_on_shutdown` the app's lifespan stops the model (its decode process, threads)
+    when the app shuts down: an in-process app owns its model, where the server's ModelServer stops it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if stop_model_on_shutdown:
+                model.stop()
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     routes = Routes(model)
     app.add_middleware(ServingMiddleware, config=model.serving, state=model.state)
     routes.install(app)

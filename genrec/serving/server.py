@@ -138,9 +138,10 @@ def serve(model: GenerativeRecommender, host: str, http_port: int, grpc_port: in
 
 def in_process_app(model: GenerativeRecommender) -> Any:
     """The predictor's HTTP app for an HTTP test client (no sockets): the same routes, middleware
-    and admin endpoint `serve` runs, called in-process."""
+    and admin endpoint `serve` runs, called in-process. The app's shutdown (the end of a
+    `with TestClient(...)` block) stops the model, as SIGTERM does a server's."""
     from genrec.serving.routes import build_app
 
     if not model.ready:
         model.load()
-    return build_app(model)
+    return build_app(model, stop_model_on_shutdown=True)
