@@ -83,14 +83,15 @@ class Histogram:
         return {"count": self.count, "mean_ms": 1000 * mean, "p99_ms": 1000 * self.quantile(0.99)}
 
 
-def histograms(text: str, name: str, label: str | None) -> dict[str, Histogram]:
-    """The histogram family `name` from exposition text, by the value of `label` ("" without)."""
+def histograms(text: str, name: str, *labels: str) -> dict[str, Histogram]:
+    """The histogram family `name` from exposition text, by the values of `labels` joined with "_"
+    ("" without labels)."""
     out: dict[str, Histogram] = {}
     for family in text_string_to_metric_families(text):
         if family.name != name:
             continue
         for sample in family.samples:
-            key = sample.labels.get(label, "") if label else ""
+            key = "_".join(sample.labels.get(label, "") for label in labels)
             entry = out.setdefault(key, Histogram({}, 0.0, 0.0))
             if sample.name.endswith("_bucket"):
                 entry.buckets[float(sample.labels["le"])] = sample.value
@@ -118,9 +119,9 @@ class Snapshot:
         text = httpx.get(f"{url}/metrics", timeout=10).text
         return cls(time.perf_counter(),
                    histograms(text, names.REQUEST_STAGE_SECONDS, "stage"),
-                   histograms(text, names.REQUEST_SECONDS, None).get(""),
-                   histograms(text, names.GC_PAUSE_SECONDS, "generation"),
-                   histograms(text, names.BATCH_SIZE, None).get(""),
+                   histograms(text, names.REQUEST_SECONDS).get(""),
+                   histograms(text, names.GC_PAUSE_SECONDS, "process", "generation"),
+                   histograms(text, names.BATCH_SIZE).get(""),
                    cpu_seconds(pid), own_cpu_seconds())
 
     def since(self, before: Snapshot) -> dict[str, Any]:
@@ -140,7 +141,7 @@ class Snapshot:
             batch = self.batch.minus(before.batch)
             out["mean_batch_size"] = batch.total / batch.count if batch.count > 0 else float("nan")
         pauses = {g: h.minus(before.gc.get(g)) for g, h in self.gc.items()}
-        out["gc"] = {f"generation_{g}": {"collections": h.count, "total_ms": 1000 * h.total,
+        out["gc"] = {f"{g}": {"collections": h.count, "total_ms": 1000 * h.total,
                                          "max_bucket_ms": 1000 * _max_bucket(h)}
                      for g, h in sorted(pauses.items())}
         return out

@@ -37,7 +37,8 @@ DECODE_SECONDS = "genrec_decode_duration_seconds"  # histogram, beam search (+ D
 # histogram, label stage: parse | queue | feast | decode | serialise; per request, so a decode batch's
 # time counts once for each of its requests (the request profile: where a request's time goes)
 REQUEST_STAGE_SECONDS = "genrec_request_stage_duration_seconds"
-# histogram, label generation: 0 | 1 | 2; the garbage collector's pauses (they stop every thread)
+# histogram, labels process (server | decode) and generation (0 | 1 | 2): the garbage collector's
+# pauses (each stops every thread of its process)
 GC_PAUSE_SECONDS = "genrec_gc_pause_duration_seconds"
 # counter, label code: ok | client_error | overloaded (503, shed after serving.max_queue_ms) | server_error
 REQUESTS = "genrec_requests_total"

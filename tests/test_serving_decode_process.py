@@ -98,7 +98,7 @@ def test_a_decode_process_that_dies_during_a_batch_fails_it_with_503_and_is_repl
         worker.close()
 
 
-def test_a_decode_process_killed_between_batches_is_replaced_before_the_next() -> None:
+def test_a_decode_process_killed_between_batches_is_replaced() -> None:
     model_dir = cached_tiny_model()
     model = load_model(model_dir)
     worker = DecodeProcess(model_dir, "cpu", GenrecConfig().serving, None, threads=1)
@@ -108,10 +108,13 @@ def test_a_decode_process_killed_between_batches_is_replaced_before_the_next() -
         pid = worker.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert worker.search(batch).items.tolist() == first.items.tolist()
+        time.sleep(0.5)
+        # The child is gone, or still tearing its threads down: at most this one batch fails.
+        try:
+            again = worker.search(batch)
+        except Overloaded:
+            again = worker.search(batch)
+        assert again.items.tolist() == first.items.tolist()
         assert worker.restarts == 1 and worker.pid != pid
     finally:
         worker.close()

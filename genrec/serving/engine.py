@@ -276,6 +276,7 @@ class ServingEngine:
                             model_summary if not dare or self.summary_dim else summaries,
                             cluster_by_summary=dare and have_summaries)
         output = self.searcher.search(batch)
+        m.observe_decode_gc(output.gc_pauses)
         m.DECODER_PASSES.inc(output.passes)
         if dare:
             m.DARE_DRAFT_TOKENS.inc(output.draft_tokens)

@@ -7,13 +7,12 @@ Names come from `genrec.contract`; labels are small fixed sets (never a user or 
 
 from __future__ import annotations
 
-import gc
-import time
-from typing import Any
+from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from genrec import contract as names
+from genrec.serving.gc_pauses import GcPauses
 
 # Request latencies on a 2-core CPU run from about a millisecond to a few hundred; the SLO the
 # controller watches is 100 ms, so the buckets are dense around it.
@@ -33,8 +32,8 @@ REQUEST_STAGE_SECONDS = Histogram(names.REQUEST_STAGE_SECONDS,
                                   ["stage"], buckets=LATENCY_BUCKETS)
 # A young collection takes tens of microseconds; a full one over a large heap, many milliseconds.
 GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
-GC_PAUSE_SECONDS = Histogram(names.GC_PAUSE_SECONDS, "Garbage-collector pauses by generation.",
-                             ["generation"], buckets=GC_BUCKETS)
+GC_PAUSE_SECONDS = Histogram(names.GC_PAUSE_SECONDS, "Garbage-collector pauses by process and generation.",
+                             ["process", "generation"], buckets=GC_BUCKETS)
 REQUESTS = Counter(names.REQUESTS, "Predict requests by outcome.", ["code"])
 INFLIGHT = Gauge(names.INFLIGHT, "Predict requests being served now.")
 BATCH_SIZE = Histogram(names.BATCH_SIZE, "Requests (instances) per decode batch.", buckets=BATCH_BUCKETS)
@@ -69,22 +68,21 @@ for _kind in ("history_only", "popular"):
 # The request path's stages, in the order a request passes them.
 STAGES = ("parse", "queue", "feast", "decode", "serialise")
 STAGE = {stage: REQUEST_STAGE_SECONDS.labels(stage=stage) for stage in STAGES}
-GC_PAUSE = {generation: GC_PAUSE_SECONDS.labels(generation=str(generation)) for generation in range(3)}
+# The serving process's own collections, and the decode process's (reported with each batch).
+GC_PAUSE = {(process, generation): GC_PAUSE_SECONDS.labels(process=process, generation=str(generation))
+            for process in ("server", "decode") for generation in range(3)}
 
 
 def time_gc_pauses() -> None:
-    """Times every garbage collection into genrec_gc_pause_duration_seconds{generation}: a collection
-    stops every Python thread, so a long one shows in every request's latency at once."""
-    started = [0.0]
+    """Times every garbage collection of this process into genrec_gc_pause_duration_seconds
+    {process="server"}: a collection stops every Python thread, so a long one shows in every request's
+    latency at once."""
+    GcPauses.install_once(lambda generation, seconds: GC_PAUSE["server", generation].observe(seconds))
 
-    def callback(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            GC_PAUSE[int(info["generation"])].observe(time.perf_counter() - started[0])
 
-    if not any(getattr(c, "__qualname__", "").startswith("time_gc_pauses") for c in gc.callbacks):
-        gc.callbacks.append(callback)
+def observe_decode_gc(pauses: Sequence[tuple[int, float]]) -> None:
+    for generation, seconds in pauses:
+        GC_PAUSE["decode", generation].observe(seconds)
 
 
 # Metric families registered in this process that would only ever read zero: Feast registers its
