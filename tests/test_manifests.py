@@ -1011,3 +1011,27 @@ def test_the_pipeline_may_run_trainjobs_in_its_namespace_and_nothing_more() -> N
         binding = one(docs, kind, name)
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner",
                                         "namespace": "kubeflow"}]
+
+
+def test_the_capacity_table_is_the_measured_one_and_gpu_nodes_turn_it_off() -> None:
+    """The base (2-core CPU predictors) gives the controller's feed-forward the per-rung throughput
+    bench_serving measured on two cores, rounded down; the GPU overlay, where those figures do not
+    hold, clears it on the controller's command line."""
+    from genrec.config import load_config
+
+    base = render("base")
+    _, cfg = genrec_config(base)
+    measured = json.loads((REPO / "benchmarks" / "results" / "serving_load.json").read_text())["figures"]
+    table = cfg.controller.rung_capacity_rps
+    assert measured["rungs"][str(measured["default_rung"])]["widths"] == cfg.serving.beam_ladder[
+        cfg.serving.default_rung], "serving_load.json was measured on another ladder"
+    assert len(table) == len(cfg.serving.beam_ladder) == len(measured["rung_capacity_rps"])
+    for rung, (configured, found) in enumerate(zip(table, measured["rung_capacity_rps"])):
+        assert 0.8 * found <= configured <= found, (rung, configured, found)
+    _, container = predictor(base)
+    assert env_of(container)["OMP_NUM_THREADS"]["value"] == "1", "the capacities were measured with one thread"
+    _, controller = controller_pod(render("gpu"))
+    args = controller["args"]
+    overrides = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--set"]
+    assert "controller.rung_capacity_rps=[]" in overrides
+    assert load_config(None, overrides).controller.rung_capacity_rps == []
