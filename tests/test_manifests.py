@@ -784,7 +784,7 @@ def known_series() -> set[str]:
     names = {v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str) and v.startswith("genrec_")}
     assert names, "genrec/contract.py defines no metric names"
     histograms = {metrics.REQUEST_SECONDS, metrics.FEATURE_FETCH_SECONDS, metrics.DECODE_SECONDS,
-                  metrics.BATCH_SIZE}
+                  metrics.BATCH_SIZE, metrics.REQUEST_STAGE_SECONDS, metrics.GC_PAUSE_SECONDS}
     return names | {f"{h}_{suffix}" for h in histograms for suffix in ("bucket", "sum", "count")}
 
 
