@@ -11,8 +11,8 @@ keeps only HTTP, validation, batching and the answers.
 What crosses between them is plain arrays (`SearchBatch` -> `SearchOutput`), pickled over a pipe: a
 batch of 32 requests is a few kilobytes, about 0.1 ms each way. The child loads the model folder
 itself. If it dies, the batch it held fails with `Overloaded` (503, retry) and the next batch
-starts a new child; a child that hangs shows as a stalled decode (`serving.decode_stall_seconds`),
-which fails the liveness probe.
+starts a new child; a child that does not answer within `serving.decode_stall_seconds` is killed,
+its batch answered 503, and replaced the same way.
 """
 
 from __future__ import annotations
@@ -166,6 +166,7 @@ class DecodeProcess:
         self._process: Any = None
         self._connection: multiprocessing.connection.Connection | None = None
         self.restarts = 0
+        self._closed = False
         self._start()
 
     def _start(self) -> None:
@@ -197,11 +198,24 @@ class DecodeProcess:
 
     def search(self, batch: SearchBatch) -> SearchOutput:
         with self._lock:
+            if self._closed:
+                raise Overloaded("the decode process is stopped (the server is shutting down): retry")
             if self._connection is None or not self._process.is_alive():
-                self._replace()
+                try:
+                    self._replace()
+                except RuntimeError as exc:
+                    raise Overloaded(f"the decode process could not be restarted ({exc}): retry") from exc
             assert self._connection is not None
             try:
                 self._connection.send(batch)
+                if not self._connection.poll(self.config.decode_stall_seconds):
+                    # A hung child (a stuck accelerator, a deadlock) is replaced here rather than by
+                    # a restart of the whole pod through the liveness probe.
+                    log.error("the decode process did not answer within serving.decode_stall_seconds=%g; "
+                              "replacing it", self.config.decode_stall_seconds)
+                    self._kill()
+                    raise Overloaded(f"the decode process did not answer within serving.decode_stall_seconds="
+                                     f"{self.config.decode_stall_seconds:g} and is being replaced: retry")
                 status, detail = self._connection.recv()
             except (EOFError, OSError, BrokenPipeError) as exc:
                 code = self._process.exitcode if self._process is not None else None
@@ -231,6 +245,7 @@ class DecodeProcess:
         """Asks the child to stop (it finishes the batch in hand first), then kills it if it lingers."""
         # A search stuck in the child holds the lock: after a short wait the child is killed anyway.
         graceful = self._lock.acquire(timeout=CLOSE_WAIT_SECONDS)
+        self._closed = True
         try:
             if graceful and self._connection is not None:
                 with contextlib.suppress(OSError, BrokenPipeError):

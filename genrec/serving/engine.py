@@ -272,8 +272,10 @@ class ServingEngine:
         exclude = (self.model.history_rows(histories, self.config.max_recent_items).cpu().numpy()
                    if self.config.exclude_history else None)
         dare = self.pool is not None and self.config.dare
-        batch = SearchBatch(recent, exclude if not dare else None, tuple(widths), top_k,
-                            model_summary if not dare or self.summary_dim else summaries,
+        # The model's summary tokens (zeros for users without one); a DARE summary pool over a model
+        # without them still clusters requests by the stored summaries.
+        sent = model_summary if self.summary_dim else (summaries if dare else None)
+        batch = SearchBatch(recent, None if dare else exclude, tuple(widths), top_k, sent,
                             cluster_by_summary=dare and have_summaries)
         output = self.searcher.search(batch)
         m.observe_decode_gc(output.gc_pauses)

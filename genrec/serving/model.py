@@ -95,7 +95,10 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
         from genrec.model.artefact import load_model
 
         folder = resolve_model_dir(self.model_dir)
-        model = load_model(folder, self.device)
+        in_child = self.serving.decode_worker == "process"
+        # With a decode process this process only validates, maps item ids and writes answers: its
+        # copy of the model stays on the CPU, and only the child puts one on the accelerator.
+        model = load_model(folder, "cpu" if in_child else self.device)
         shape = None
         if self.feature_repo is not None:
             self.fetcher = SummaryFetcher(self.feature_repo, self.serving.feature_timeout_ms,
@@ -103,7 +106,7 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
             shape = self.fetcher.warm_up(FEAST_WARMUP_SECONDS)
         pool = self._pool(model, folder) if self.serving.dare else None
         searcher = None
-        if self.serving.decode_worker == "process":
+        if in_child:
             # The child loads the same folder; this process keeps the model for validation, the
             # history rows and the answers' item ids.
             searcher = DecodeProcess(folder, self.device, self.serving, pool)
@@ -209,6 +212,9 @@ class GenerativeRecommender(kserve.Model):  # type: ignore[name-defined,misc]
         elif self.batcher.closed:
             problem = "the decode worker is stopped (the server is shutting down)"
         detail["feature_store"] = self.fetcher.status() if self.fetcher is not None else {"status": "none"}
+        if self.searcher is not None:
+            # A decode process that died is replaced by the next batch: restarts say how often.
+            detail["decode_process"] = {"pid": self.searcher.pid, "restarts": self.searcher.restarts}
         if problem:
             detail["error"] = problem
         return not problem, detail
