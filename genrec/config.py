@@ -588,6 +588,26 @@ class PipelineConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    """The reference models every candidate is compared with (genrec.baselines): popularity and an
+    item-ID SASRec trained with the full softmax over the catalogue (no sampled negatives)."""
+
+    sasrec_d_model: int = 64
+    sasrec_layers: int = 2
+    sasrec_heads: int = 2
+    sasrec_dropout: float = 0.2
+    # The last this many items of a user's history are its input sequence.
+    sasrec_max_len: int = 50
+    sasrec_epochs: int = 200
+    sasrec_batch_size: int = 256
+    sasrec_lr: float = 1e-3
+    sasrec_weight_decay: float = 0.0
+    # Training stops at the end of the step that passes this wall-clock budget (the benchmarks' rule
+    # for every model they compare), or after sasrec_epochs, whichever comes first.
+    sasrec_minutes: float = 60.0
+
+
+@dataclass
 class GateConfig:
     """The gate between evaluation and deployment: a candidate is promoted only if its test
     Recall@10 and Value@10 are at least those of the deployed model minus these tolerances."""
@@ -788,6 +808,7 @@ class GenrecConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     trainjob: TrainJobConfig = field(default_factory=TrainJobConfig)
     rspo: RspoConfig = field(default_factory=RspoConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
@@ -865,6 +886,7 @@ class GenrecConfig:
         self._check_synth()
         self._check_sid()
         self._check_vista()
+        self._check_baselines()
         self._check_features()
         self._check_model_train()
         self._check_rspo()
@@ -1098,6 +1120,21 @@ class GenrecConfig:
         if not any(on and weight > 0 for on, weight in parts.values()):
             raise ConfigError("sid: every feature part is off or has weight 0; switch at least one on")
 
+
+    def _check_baselines(self) -> None:
+        b = self.baselines
+        for name in ("sasrec_d_model", "sasrec_layers", "sasrec_heads", "sasrec_max_len", "sasrec_epochs",
+                     "sasrec_batch_size"):
+            if getattr(b, name) < 1:
+                raise ConfigError(f"baselines.{name} must be at least 1")
+        if b.sasrec_d_model % b.sasrec_heads:
+            raise ConfigError(f"baselines.sasrec_d_model ({b.sasrec_d_model}) must be a multiple of "
+                              f"baselines.sasrec_heads ({b.sasrec_heads})")
+        if not 0 <= b.sasrec_dropout < 1:
+            raise ConfigError("baselines.sasrec_dropout must be in [0, 1)")
+        if not (b.sasrec_lr > 0 and b.sasrec_minutes > 0 and b.sasrec_weight_decay >= 0):
+            raise ConfigError("baselines.sasrec_lr and sasrec_minutes must be positive, sasrec_weight_decay "
+                              "non-negative")
 
     def _check_vista(self) -> None:
         vista = self.vista
