@@ -1,4 +1,5 @@
-"""LazyAR (or AR) generator training with VSL, and full-catalogue leave-one-out evaluation."""
+"""LazyAR (or AR) generator training with VSL, the baselines it is compared with, and full-catalogue
+leave-one-out evaluation."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
@@ -85,6 +86,28 @@ def train_generator(
 
 
 @dsl.component(base_image=BASE_IMAGE)
+def fit_baselines(
+    config: dict,
+    splits: Input[Dataset],
+    codebook: Input[Model],
+    metrics: Output[Metrics],
+):
+    """Popularity and an item-ID SASRec (full softmax, `baselines.*`) fitted on the training rows of
+    `splits` and evaluated as the evaluate step evaluates the candidate (genrec.baselines.run)."""
+    from components.runtime import log_metrics
+    from genrec.baselines.run import evaluate_baselines, flat_metrics
+    from genrec.config import GenrecConfig
+    from genrec.io import read_parquet
+    from genrec.sid.codebook import Codebook
+
+    cfg = GenrecConfig.from_dict(config)
+    item_ids = Codebook.load(codebook.path, with_items=False).item_ids
+    results = evaluate_baselines(cfg, read_parquet(splits.path), item_ids,
+                                 log=lambda line: print(line, flush=True))
+    log_metrics(metrics, flat_metrics(results))
+
+
+@dsl.component(base_image=BASE_IMAGE)
 def evaluate(
     config: dict,
     splits: Input[Dataset],
@@ -92,11 +115,13 @@ def evaluate(
     report: Output[HTML],
     metrics: Output[Metrics],
     feature_repo: Input[Artifact] = None,
+    baselines: Input[Metrics] = None,
 ):
     """Leave-one-out, full-catalogue evaluation on ALL users: the valid target from the train
     history, the test target from train + valid. Recall, NDCG, Value and coverage at 5 and 10. With
     `train.evaluate_engine: ray`, a Ray task per bucket of users scores them (genrec.evaluate_buckets)."""
     from components.runtime import log_metrics
+    from genrec.baselines.run import baseline_figures, compare_with
     from genrec.config import GenrecConfig
     from genrec.evaluate import evaluate as evaluate_model
     from genrec.io import read_parquet
@@ -132,6 +157,8 @@ def evaluate(
              + ("; a user's own last items are never recommended (train.exclude_history)." if
                 cfg.train.exclude_history else "."),
              f"Value@K uses the {value_source} value column (simulated bids where the data set has none)."]
-    evaluation_report(results, notes, f"Evaluation: {dataset}").save(report.path)
-    log_metrics(metrics, {f"{split}_{k}": v for split, figures in results.items()
-                          for k, v in figures.items()})
+    figures = {f"{split}_{k}": v for split, result in results.items() for k, v in result.items()}
+    compared = compare_with(cfg, figures, baselines.path if baselines is not None else None)
+    evaluation_report(results, notes, f"Evaluation: {dataset}", compared).save(report.path)
+    # The baselines' figures ride along (baseline_<name>_<split>_<metric>): the gate reads them here.
+    log_metrics(metrics, {**figures, **baseline_figures(compared)})

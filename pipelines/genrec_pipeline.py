@@ -22,7 +22,7 @@ from components.deploy import deploy_model, gate_model
 from components.features import materialize_summaries, train_summarizer
 from components.rspo import finetune_rspo
 from components.sid import build_codebook
-from components.train import evaluate, train_generator
+from components.train import evaluate, fit_baselines, train_generator
 from genrec.config import GenrecConfig
 from genrec.distributed import shared_local_ray
 
@@ -104,11 +104,13 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         materialize_metrics: Metrics
         train_metrics: Metrics
         rspo_metrics: Metrics
+        baselines_metrics: Metrics
         evaluate_metrics: Metrics
         gate_metrics: Metrics
 
     @dsl.pipeline(name=config.pipeline.name,
-                  description="genrec: data, codebook, summaries, VSL, RSPO, evaluate, gate, deploy")
+                  description="genrec: data, codebook, summaries, VSL, RSPO, baselines, evaluate, gate, "
+                              "deploy")
     def genrec_pipeline(config: dict = defaults) -> Outputs:
         ingest = on_image(ingest_and_validate(config=config)).set_display_name("ingest + validate")
         split = on_image(
@@ -150,12 +152,17 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
         rspo = on_image(
             finetune_rspo(config=config, splits=split.outputs["splits"], vsl_model=training.outputs["model"])
         ).set_display_name("RSPO fine-tune")
+        baselines = on_image(
+            fit_baselines(config=config, splits=split.outputs["splits"],
+                          codebook=codebook.outputs["codebook"])
+        ).set_display_name("baselines: popularity, SASRec")
         evaluation = on_image(
             evaluate(
                 config=config,
                 splits=split.outputs["splits"],
                 model=rspo.outputs["model"],
                 feature_repo=features.outputs["feature_repo"],
+                baselines=baselines.outputs["metrics"],
             )
         ).set_display_name("evaluate")
         # Gate and deploy act on the world outside the run (the deployed model), so they never come
@@ -192,6 +199,7 @@ def build_pipeline(config: GenrecConfig, image: str | None = None) -> Any:
             evaluation_report=evaluation.outputs["report"],
             train_metrics=training.outputs["metrics"],
             rspo_metrics=rspo.outputs["metrics"],
+            baselines_metrics=baselines.outputs["metrics"],
             evaluate_metrics=evaluation.outputs["metrics"],
             gate_metrics=gate.outputs["gate_metrics"],
         )
@@ -330,7 +338,10 @@ HEADLINE_METRICS = {
     "gate": ["promote", "candidate_test_recall@10", "deployed_test_recall@10", "candidate_test_value@10",
              "deployed_test_value@10"],
     "evaluate": ["test_recall@5", "test_recall@10", "test_ndcg@5", "test_ndcg@10", "test_value@10",
-                 "test_coverage@10"],
+                 "test_coverage@10", "baseline_popularity_test_recall@10", "baseline_sasrec_test_recall@10",
+                 "baseline_sasrec_test_ndcg@10"],
+    "baselines": ["popularity_test_recall@10", "popularity_test_ndcg@10", "sasrec_test_recall@10",
+                  "sasrec_test_ndcg@10"],
     "codebook": ["collision_rate", "prefix_coherence_leaf", "level0_utilisation", "level0_entropy_ratio",
                  "max_items_per_prefix", "build_seconds"],
 }

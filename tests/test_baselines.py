@@ -123,3 +123,35 @@ def test_baselines_config_is_checked_by_name() -> None:
         GenrecConfig.from_dict({"baselines": {"sasrec_d_model": 30, "sasrec_heads": 4}})
     with pytest.raises(ConfigError, match="baselines.sasrec_dropout"):
         GenrecConfig.from_dict({"baselines": {"sasrec_dropout": 1.5}})
+
+
+def test_the_evaluate_step_compares_the_candidate_with_the_baselines_and_the_deployed_model(tmp_path) -> None:
+    import json
+
+    from genrec.baselines.run import baseline_figures, compare_with, flat_metrics, nested_metrics
+    from genrec.deploy.registry import LocalRegistry
+    from genrec.train.report import evaluation_report
+
+    baselines = {"popularity": {"test_recall@10": 0.02, "valid_recall@10": 0.03},
+                 "sasrec": {"test_recall@10": 0.08, "test_ndcg@10": 0.04}}
+    flat = flat_metrics(baselines)
+    assert flat["sasrec_test_ndcg@10"] == 0.04 and nested_metrics(flat) == baselines
+    path = tmp_path / "baselines.json"
+    path.write_text(json.dumps(flat))
+    config = GenrecConfig()
+    config.deploy.registry_dir = str(tmp_path / "registry")
+    candidate = {"test_recall@10": 0.07, "test_ndcg@10": 0.035}
+    compared = compare_with(config, candidate, str(path))
+    assert list(compared) == ["candidate", "popularity", "sasrec"]  # nothing deployed yet
+    assert baseline_figures(compared) == {"baseline_popularity_test_recall@10": 0.02,
+                                          "baseline_popularity_valid_recall@10": 0.03,
+                                          "baseline_sasrec_test_recall@10": 0.08,
+                                          "baseline_sasrec_test_ndcg@10": 0.04}
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"x")
+    LocalRegistry(config.deploy.registry_dir).register(model, {"test_recall@10": 0.065})
+    assert compare_with(config, candidate, str(path))["deployed"] == {"test_recall@10": 0.065}
+    assert compare_with(config, candidate, None).keys() == {"candidate", "deployed"}
+    page = evaluation_report({"test": {"recall@10": 0.07}}, [], "t", compared).render()
+    assert "Candidate, baselines and deployed model" in page and "<img" in page and "0.08" in page

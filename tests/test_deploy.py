@@ -42,6 +42,23 @@ def test_gate_names_a_missing_or_broken_metric() -> None:
         gate_decision(figures(0.1, 0.1), figures(float("nan"), 0.1), GATE)
 
 
+def test_gate_can_require_beating_a_baseline_whatever_is_deployed() -> None:
+    gate = GateConfig(recall_tolerance=0.002, value_tolerance=0.005, must_beat="sasrec")
+    candidate = {**figures(0.06, 0.1), "baseline_sasrec_test_recall@10": 0.07,
+                 "baseline_popularity_test_recall@10": 0.01}
+    first = gate_decision(candidate, None, gate)
+    assert not first.promote and "test_recall@10 0.0600 <= sasrec baseline 0.0700" in first.summary()
+    assert not gate_decision(candidate, figures(0.05, 0.1), gate).promote  # better than deployed, not enough
+    assert gate_decision({**candidate, "baseline_sasrec_test_recall@10": 0.059}, None, gate).promote
+    assert gate_decision(candidate, None, GateConfig(must_beat="popularity")).promote
+    assert not gate_decision({**candidate, "baseline_sasrec_test_recall@10": 0.06}, None, gate).promote  # a tie
+    with pytest.raises(GateError, match="gate.must_beat=sasrec but the evaluation has no "
+                                        "'baseline_sasrec_test_recall@10'"):
+        gate_decision(figures(0.06, 0.1), None, gate)
+    with pytest.raises(Exception, match="gate.must_beat"):
+        GenrecConfig.from_dict({"gate": {"must_beat": "sasrek"}})
+
+
 def tree_hash(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):

@@ -1,7 +1,8 @@
 """The promotion gate: a candidate replaces the deployed model only if it is not worse.
 
 "Not worse" is per metric: candidate >= deployed - tolerance, for Recall@10 and Value@10 (names and
-tolerances in `GateConfig`). With nothing deployed yet, the first valid candidate is promoted.
+tolerances in `GateConfig`). With nothing deployed yet, the first valid candidate is promoted. With
+`gate.must_beat`, the candidate's Recall@10 must also be above that baseline's, whatever is deployed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from genrec.config import GateConfig
+
+# The evaluate step's name for a baseline's figure: baseline_<name>_<split>_<metric>.
+BASELINE_PREFIX = "baseline_"
 
 
 class GateError(ValueError):
@@ -44,10 +48,21 @@ def gate_decision(candidate: Mapping[str, object], deployed: Mapping[str, object
                   config: GateConfig) -> GateDecision:
     checks = ((config.recall_metric, config.recall_tolerance), (config.value_metric, config.value_tolerance))
     mine = {name: _metric(candidate, name, "candidate") for name, _ in checks}
-    if deployed is None:
-        return GateDecision(True, ["nothing is deployed yet"], mine, None)
-    theirs = {name: _metric(deployed, name, "deployed") for name, _ in checks}
     reasons, promote = [], True
+    if config.must_beat != "none":
+        # The evaluate step reports each baseline's figures beside the candidate's.
+        key = f"{BASELINE_PREFIX}{config.must_beat}_{config.recall_metric}"
+        if key not in candidate:
+            raise GateError(f"gate.must_beat={config.must_beat} but the evaluation has no {key!r}: run the "
+                            "baselines step, or set gate.must_beat to none")
+        floor = _metric(candidate, key, "baseline")
+        beats = mine[config.recall_metric] > floor
+        promote &= beats
+        reasons.append(f"{config.recall_metric} {mine[config.recall_metric]:.4f} "
+                       f"{'>' if beats else '<='} {config.must_beat} baseline {floor:.4f}")
+    if deployed is None:
+        return GateDecision(promote, [*reasons, "nothing is deployed yet"], mine, None)
+    theirs = {name: _metric(deployed, name, "deployed") for name, _ in checks}
     for name, tolerance in checks:
         floor = theirs[name] - tolerance
         ok = mine[name] >= floor

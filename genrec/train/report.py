@@ -46,11 +46,37 @@ def training_report(record: dict[str, Any], config: dict[str, Any], title: str) 
     return report
 
 
-def evaluation_report(results: dict[str, dict[str, float]], notes: list[str], title: str) -> HtmlReport:
+# The figures the side-by-side comparison shows, per model.
+COMPARED = ("test_recall@10", "test_ndcg@10", "test_value@10", "valid_recall@10", "valid_ndcg@10")
+
+
+def evaluation_report(results: dict[str, dict[str, float]], notes: list[str], title: str,
+                      compared: dict[str, dict[str, float]] | None = None) -> HtmlReport:
+    """The candidate's metrics per split; with `compared` ({model: {"<split>_<metric>": value}}: the
+    candidate, the baselines, the deployed model) also a side-by-side table and plot."""
     report = HtmlReport(title)
     for note in notes:
         report.note(note)
+    if compared:
+        report.heading("Candidate, baselines and deployed model")
+        report.table(["metric", *compared], [[name, *(m.get(name, "") for m in compared.values())]
+                                             for name in COMPARED])
+        report.plot(comparison_figure(compared), "Test figures of each model on the same split and protocol.")
+        report.heading("Candidate")
     names = sorted({k for metrics in results.values() for k in metrics})
     rows = [[name, *(m.get(name, "") for m in results.values())] for name in names]
     report.table(["metric", *results], rows)
     return report
+
+
+def comparison_figure(compared: dict[str, dict[str, float]]) -> Any:
+    shown = ("test_recall@10", "test_ndcg@10")
+    fig, axis = plt.subplots(figsize=(7, 3.4))
+    width = 0.8 / max(len(compared), 1)
+    for index, (model, figures) in enumerate(compared.items()):
+        axis.bar([i + index * width for i in range(len(shown))], [figures.get(m, 0.0) for m in shown], width,
+                 label=model)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(shown))], shown)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
