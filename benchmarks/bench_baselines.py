@@ -36,11 +36,13 @@ ANCHORS = {"TIGER": {"recall@10": 0.0648, "ndcg@10": 0.0384, "protocol": "whole_
            "RPG": {"recall@10": 0.0809, "ndcg@10": 0.0464, "protocol": "whole_catalogue"}}
 
 
-def evaluate_all(recommend: Any, requests: dict[str, Any], items: int) -> dict[str, dict[str, float]]:
-    """Metrics per split and protocol for a `recommend(requests, exclude_history) -> [n, K]`."""
+def evaluate_all(recommend: Any, requests: dict[str, Any], items: int, exclude_last: int
+                 ) -> dict[str, dict[str, float]]:
+    """Metrics per split and protocol for a `recommend(requests, exclude_last) -> [n, K]`."""
     out = {}
     for split, examples in requests.items():
-        for protocol, exclude in PROTOCOLS.items():
+        for protocol, own in PROTOCOLS.items():
+            exclude = exclude_last if own else 0
             out[f"{split}/{protocol}"] = ranking_metrics(recommend(examples, exclude), examples.targets,
                                                          examples.values, items)
     return out
@@ -64,13 +66,16 @@ def main() -> None:
     requests = {split: evaluation_requests(prepared.splits, item_ids, baselines.sasrec_max_len, split)
                 for split in SPLITS}
     popularity = PopularityBaseline.fit(prepared.splits, item_ids)
+    # "Own items" are the generator's context (its last R items), so both protocols match bench_quality's.
+    own_items = config.model.recent_items
     figures: dict[str, Any] = {
         "dataset": DATASETS[args.dataset], "items": items, "users": len(requests["test"]),
         "config": recipe.record(), "baselines_config": vars(baselines), "anchors": ANCHORS,
         "protocols": {"whole_catalogue": "every item may be recommended (the anchors' protocol)",
-                      "own_items_excluded": "the request's context items are never recommended"},
+                      "own_items_excluded": "the request's last model.recent_items items (the generator's "
+                                            "context, as bench_quality leaves out) are never recommended"},
         "popularity": evaluate_all(lambda ex, exclude: popularity.recommend(ex, CUTOFF, exclude), requests,
-                                   items),
+                                   items, own_items),
     }
     sequences = user_sequences(prepared.splits, item_ids, baselines.sasrec_max_len)
     runs = []
@@ -78,7 +83,8 @@ def main() -> None:
         run = train_sasrec(sequences, items, baselines, seed,
                            log=lambda line, s=seed: print(f"seed {s} {line}", flush=True))
         metrics = evaluate_all(lambda ex, exclude, m=run.model: sasrec_recommend(m, ex, CUTOFF, EVAL_BATCH,
-                                                                                 exclude), requests, items)
+                                                                                 exclude), requests, items,
+                               own_items)
         runs.append({"seed": seed, "epochs": run.epochs, "steps": run.steps, "train_seconds": run.seconds,
                      "losses": run.losses, "metrics": metrics})
         test = metrics["test/whole_catalogue"]

@@ -59,7 +59,8 @@ def test_popularity_ranks_by_training_counts_and_skips_the_history_when_asked() 
                           np.ones(2), np.array(["a", "b"], dtype=object),
                           np.array(["2024-01-01", "2024-01-01"], dtype="datetime64[ns]"))
     assert baseline.recommend(requests, 3).tolist() == [[2, 1, 3], [2, 1, 3]]
-    assert baseline.recommend(requests, 3, exclude_history=True).tolist() == [[3, 0, -1], [2, 1, 3]]
+    assert baseline.recommend(requests, 3, exclude_last=2).tolist() == [[3, 0, -1], [2, 1, 3]]
+    assert baseline.recommend(requests, 3, exclude_last=1).tolist() == [[1, 3, 0], [2, 1, 3]]
 
 
 def test_sasrec_scores_a_padded_batch_as_the_real_items_alone() -> None:
@@ -106,6 +107,10 @@ def test_sasrec_learns_what_popularity_cannot() -> None:
     popular = ranking_metrics(PopularityBaseline.fit(splits, item_ids).recommend(requests, 10),
                               requests.targets, requests.values, len(item_ids))
     assert learned["ndcg@10"] > 0.9 > popular["ndcg@10"], (learned, popular)
+    # With the last two context items excluded, neither ever comes back; the older ones still may.
+    kept = sasrec_recommend(run.model, requests, 10, 64, exclude_last=2)
+    assert not any(set(row) & set(recent[:2]) for row, recent in zip(kept, requests.recent))
+    assert any(set(row) & set(recent[2:][recent[2:] >= 0]) for row, recent in zip(kept, requests.recent))
 
 
 def test_the_budget_stops_training_within_its_step() -> None:

@@ -22,14 +22,16 @@ class PopularityBaseline:
         rows = item_rows(splits.loc[splits[SPLIT_COLUMN] == "train", "item_id"], item_ids)
         return cls(np.bincount(rows[rows >= 0], minlength=len(item_ids)))
 
-    def recommend(self, requests: ExampleSet, top_k: int, exclude_history: bool = False) -> np.ndarray:
-        """[n, top_k] item rows. With `exclude_history` a request's context items are skipped."""
-        if not exclude_history:
+    def recommend(self, requests: ExampleSet, top_k: int, exclude_last: int = 0) -> np.ndarray:
+        """[n, top_k] item rows. With `exclude_last` > 0 a request's last that many context items are
+        skipped (the generator's R, so both leave out the same items)."""
+        if not exclude_last:
             return np.tile(self.order[:top_k], (len(requests), 1))
-        # A request's context holds at most R items, so the top top_k + R always leave top_k.
-        head = self.order[:top_k + requests.recent.shape[1]]
+        recent = requests.recent[:, :exclude_last]  # most recent first
+        # The top top_k + (excluded items) always leave top_k.
+        head = self.order[:top_k + recent.shape[1]]
         out = np.full((len(requests), top_k), -1, dtype=np.int64)  # -1 where the catalogue runs out
-        for index, recent in enumerate(requests.recent):
-            picked = head[~np.isin(head, recent)][:top_k]
+        for index, own in enumerate(recent):
+            picked = head[~np.isin(head, own)][:top_k]
             out[index, :len(picked)] = picked
         return out

@@ -23,7 +23,8 @@ def evaluate_baselines(config: GenrecConfig, splits: pd.DataFrame, item_ids: np.
                        log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """{baseline: {"<split>_<metric>": value}}, the names the evaluate step gives the candidate's."""
     top_k = config.train.top_k
-    exclude = config.train.exclude_history
+    # The same items the candidate's evaluation leaves out: its context, the model's last R items.
+    exclude = config.model.recent_items if config.train.exclude_history else 0
     baselines = config.baselines
     items = len(item_ids)
     popularity = PopularityBaseline.fit(splits, item_ids)

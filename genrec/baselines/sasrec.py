@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from genrec.config import BaselinesConfig
 from genrec.data.schema import SPLIT_COLUMN
+from genrec.model.layers import TransformerBlock
 from genrec.train.data import ExampleSet, item_rows
 
 PAD = -1
@@ -43,7 +44,8 @@ class SASRec(nn.Module):
         # Row 0 is padding; item row r is embedding r + 1.
         self.item_embedding = nn.Embedding(items + 1, d, padding_idx=0)
         self.position_embedding = nn.Embedding(config.sasrec_max_len, d)
-        self.layers = nn.ModuleList(_Block(d, config.sasrec_heads, config.sasrec_dropout)
+        # The generator's pre-norm block (full-sequence pass), with a d-wide feed-forward as in SASRec.
+        self.layers = nn.ModuleList(TransformerBlock(d, config.sasrec_heads, d, config.sasrec_dropout)
                                     for _ in range(config.sasrec_layers))
         self.final_norm = nn.LayerNorm(d)
         for table in (self.item_embedding, self.position_embedding):
@@ -66,7 +68,7 @@ class SASRec(nn.Module):
         allowed = causal[None] & (real[:, None, :] | torch.eye(length, dtype=torch.bool,
                                                                 device=sequences.device)[None])
         for layer in self.layers:
-            x = layer(x, allowed[:, None])
+            x, _ = layer(x, allowed[:, None])
         return self.final_norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -81,30 +83,6 @@ class SASRec(nn.Module):
             keep = exclude >= 0
             scores[torch.nonzero(keep)[:, 0], exclude[keep]] = float("-inf")
         return scores.topk(min(top_k, self.items), dim=1).indices
-
-
-class _Block(nn.Module):
-    """Pre-norm causal self-attention and feed-forward, as in SASRec's reference code."""
-
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.attn_norm = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.out = nn.Linear(d, d)
-        self.ffn_norm = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
-
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
-        batch, length, d = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).view(batch, length, 3, self.heads, d // self.heads).unbind(2)
-        attended = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                  attn_mask=allowed,
-                                                  dropout_p=self.dropout if self.training else 0.0)
-        x = x + F.dropout(self.out(attended.transpose(1, 2).reshape(batch, length, d)), self.dropout,
-                          self.training)
-        return x + F.dropout(self.ffn(self.ffn_norm(x)), self.dropout, self.training)
 
 
 def user_sequences(splits: pd.DataFrame, item_ids: np.ndarray | pd.Index, max_len: int) -> np.ndarray:
@@ -185,11 +163,13 @@ def train_sasrec(sequences: np.ndarray, items: int, config: BaselinesConfig, see
 
 
 def sasrec_recommend(model: SASRec, requests: ExampleSet, top_k: int, batch_size: int,
-                     exclude_history: bool = False) -> np.ndarray:
+                     exclude_last: int = 0) -> np.ndarray:
     """[n, top_k] item rows for every request (its context as the input sequence)."""
     sequences = torch.as_tensor(request_sequences(requests, model.max_len))
     out = []
     for first in range(0, len(sequences), batch_size):
         batch = sequences[first:first + batch_size]
-        out.append(model.recommend(batch, top_k, exclude=batch if exclude_history else None).numpy())
+        # The last `exclude_last` items of the (oldest-first) context are never recommended.
+        exclude = batch[:, -exclude_last:] if exclude_last else None
+        out.append(model.recommend(batch, top_k, exclude=exclude).numpy())
     return np.concatenate(out) if out else np.zeros((0, top_k), dtype=np.int64)
