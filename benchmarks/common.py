@@ -92,7 +92,7 @@ def prepare(name: str, config: GenrecConfig, origin: int = 0) -> Prepared:
 NOT_IN_MODEL_KEY = ("valid_users", "eval_every", "threads", "eval_batch_size", "exclude_history")
 # Train settings added after models were cached: at these values they leave the key as it was, so
 # the cached models (half an hour each on Beauty) stay theirs.
-KEY_LEFT_OUT_AT = {"skip_latest": 0}
+KEY_LEFT_OUT_AT = {"skip_latest": 0, "value_weight": 1.0}
 
 
 def model_folder(prepared: Prepared, config: GenrecConfig, *extra_key: Any) -> Path:

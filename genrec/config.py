@@ -262,6 +262,10 @@ class TrainConfig:
     vsl: bool = True
     # "log1p" (weight = log(1 + value) / mean) or "linear" (value / mean).
     value_transform: Literal["log1p", "linear"] = "log1p"
+    # How much of the value weighting VSL applies: an example weighs (1 - w) + w * transform(value) /
+    # mean, so 0 is plain cross-entropy, 1 is full VSL, and the mean weight stays 1 at every w. It is
+    # the knob of the Value@10-against-Recall@10 curve (benchmarks/bench_value_pareto.py).
+    value_weight: float = 1.0
     # An optional head that regresses the transformed value of the next item beside the codes.
     value_head: bool = False
     value_head_weight: float = 0.1
@@ -1089,6 +1093,9 @@ class GenrecConfig:
                               "value_head_weight must be >= 0")
         if train.loader_workers < 0:
             raise ConfigError("train.loader_workers must be 0 (batches built in the trainer) or more")
+        if not 0.0 <= train.value_weight <= 1.0:
+            raise ConfigError(f"train.value_weight must be in [0, 1] (0: plain cross-entropy, 1: full VSL), "
+                              f"got {train.value_weight}")
 
     def _check_sid(self) -> None:
         sid = self.sid

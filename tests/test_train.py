@@ -17,7 +17,14 @@ from genrec.config import ConfigError, GenrecConfig, SidConfig
 from genrec.data.split import leave_one_out
 from genrec.model.artefact import load_model
 from genrec.sid.codebook import Codebook
-from genrec.train.data import batch_order, evaluation_requests, example_weights, training_examples
+from genrec.train.data import (
+    batch_order,
+    evaluation_requests,
+    example_weights,
+    training_examples,
+    vsl_weights,
+    weights_over_mean,
+)
 from genrec.train.loop import Trainer, TrainingData, lr_factor
 from tests.conftest import make_log
 
@@ -112,6 +119,29 @@ def test_vsl_weights_the_loss(splits, tmp_path: Path) -> None:
     off = Trainer(off_config, data, tmp_path / "off")
     assert np.allclose(off.weights, 1.0) and not np.allclose(on.weights, 1.0)
     assert on.weights.mean() == pytest.approx(1.0)
+
+
+def test_value_weight_mixes_plain_and_full_vsl(splits, tmp_path: Path) -> None:
+    codebook = tiny_codebook()
+    data = TrainingData.from_splits(splits, codebook.item_ids, codebook.codes, codebook.level_sizes, tiny_config())
+    full = Trainer(tiny_config(), data, tmp_path / "full").weights
+    none = Trainer(tiny_config(value_weight=0.0), data, tmp_path / "none").weights
+    half = Trainer(tiny_config(value_weight=0.5), data, tmp_path / "half").weights
+    # The simple reference: the average of plain cross-entropy's weights and full VSL's.
+    assert np.allclose(none, 1.0)
+    assert np.allclose(half, (full + 1.0) / 2) and half.mean() == pytest.approx(1.0)
+    assert np.std(none) < np.std(half) < np.std(full)
+    for wrong in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="train.value_weight"):
+            tiny_config(value_weight=wrong).check()
+
+
+def test_streamed_batches_weigh_as_in_memory_ones() -> None:
+    values = np.array([0.0, 1.0, 3.0, 10.0, 2.5])
+    mean = float(np.log1p(values).mean())
+    for weight in (0.0, 0.3, 1.0):
+        streamed = vsl_weights(weights_over_mean(values, "log1p", mean), weight)
+        assert np.allclose(streamed, vsl_weights(example_weights(values, "log1p"), weight))
 
 
 def test_training_data_leaves_out_the_latest_positions(splits) -> None:

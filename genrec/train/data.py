@@ -152,6 +152,13 @@ def weights_over_mean(values: np.ndarray, transform: str, mean: float) -> np.nda
     return transform_values(values, transform) / mean
 
 
+def vsl_weights(value_weights: np.ndarray, value_weight: float) -> np.ndarray:
+    """VSL's example weights at strength `value_weight` (train.value_weight): the mix
+    (1 - w) + w * value_weights of plain cross-entropy and full VSL. Value weights of mean 1 keep
+    mean 1, so the learning rate means the same along the whole curve."""
+    return (1.0 - value_weight) + value_weight * np.asarray(value_weights, dtype=np.float64)
+
+
 def sorted_in_pools(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
     """`order` cut into pools of about LENGTH_POOL_BATCHES batches, each pool sorted longest history
     first: a batch cut from it holds histories of similar length, so less of it is padding, while

@@ -36,6 +36,7 @@ from genrec.train.data import (
     example_weights,
     make_batch,
     training_examples,
+    vsl_weights,
     weights_over_mean,
 )
 from genrec.train.distributed import Distributed
@@ -96,9 +97,9 @@ class InMemoryBatches:
     def __init__(self, examples: ExampleSet, config: GenrecConfig, rank: int, world: int) -> None:
         self.examples, self.config, self.rank, self.world = examples, config, rank, world
         train = config.train
-        self.weights = (example_weights(examples.values, train.value_transform) if train.vsl
-                        else np.ones(len(examples)))
         self.value_targets = example_weights(examples.values, train.value_transform)
+        self.weights = (vsl_weights(self.value_targets, train.value_weight) if train.vsl
+                        else np.ones(len(examples)))
 
     def order(self, epoch: int) -> list[np.ndarray]:
         train = self.config.train
@@ -134,7 +135,8 @@ class StreamedBatches:
         train, mean = self.config.train, self.examples.plan.value_mean
         for batch in self.examples.batches(epoch, start):
             value_targets = weights_over_mean(batch.values, train.value_transform, mean)
-            yield batch, value_targets if train.vsl else np.ones(len(batch)), value_targets
+            weights = vsl_weights(value_targets, train.value_weight) if train.vsl else np.ones(len(batch))
+            yield batch, weights, value_targets
 
 
 @dataclass

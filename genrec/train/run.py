@@ -32,6 +32,7 @@ def training_record(result: TrainResult, config: GenrecConfig) -> dict[str, Any]
         "launched_by_torchrun": "TORCHELASTIC_RUN_ID" in os.environ,
         "vsl": config.train.vsl,
         "value_transform": config.train.value_transform,
+        "value_weight": config.train.value_weight,
         **result.stats,
     }
 
