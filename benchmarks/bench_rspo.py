@@ -42,6 +42,7 @@ from benchmarks.common import (
     add_config_arguments,
     cached_model,
     load_average,
+    paired_bootstrap,
     prepare,
 )
 from benchmarks.harness import save_result
@@ -54,7 +55,6 @@ from genrec.train.rspo import finetune
 HEADLINE = ("recall@10", "ndcg@10", "value@10")
 BOOTSTRAPPED = ("value@10", "ndcg@10")
 CUTOFF = 10
-BOOTSTRAP_DRAWS = 1000
 KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "value@5", "value@10", "coverage@10")
 TARGET_VALUE_GAIN = RSPO_TARGET_VALUE_GAIN
 TARGET_NDCG_LOSS = RSPO_TARGET_NDCG_LOSS
@@ -79,15 +79,6 @@ def _scored(model: TrainedModel, prepared: Prepared, config: GenrecConfig, split
     figures = ranking_metrics(items, requests.targets, requests.values, model.decoder.item_codes.shape[0])
     return (figures, user_terms(hit_ranks(items, requests.targets), requests.values, CUTOFF),
             np.asarray(requests.users, dtype=str))
-
-
-def _bootstrap(new: np.ndarray, old: np.ndarray, seed: int) -> list[float]:
-    """95% interval of the relative change of a per-user mean, resampling users (paired: same
-    users)."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(old), size=(BOOTSTRAP_DRAWS, len(old)))
-    changes = new[draws].sum(1) / np.maximum(old[draws].sum(1), 1e-12) - 1.0
-    return [float(np.quantile(changes, 0.025)), float(np.quantile(changes, 0.975))]
 
 
 def _relative(new: float, old: float) -> float:
@@ -156,7 +147,7 @@ def compare(recipe: Recipe, allow_train: bool, seeds: list[int], tag: str = "") 
         "test_per_seed": per_seed,
         # Users are few and values heavy-tailed: this is how far each figure moves by chance.
         **{f"{metric}_change_bootstrap_95": {
-            label: _bootstrap(measured.terms(label, metric), measured.terms("VSL", metric), config.rspo.seed)
+            label: paired_bootstrap(measured.terms(label, metric), measured.terms("VSL", metric), config.rspo.seed)
             for label in terms_by_label} for metric in BOOTSTRAPPED},
         "rspo_seeds": seeds,
         "relative_to_vsl": {label: {k: _relative(figs[k], vsl[k]) for k in HEADLINE}
@@ -242,7 +233,7 @@ def origins(recipe: Recipe, origin_list: list[int], allow_train: bool, seeds: li
         "pooled": pooled,
         "pooled_relative_to_vsl": relative,
         **{f"pooled_{metric}_change_bootstrap_95": {
-            label: _bootstrap(totals(metric, label), totals(metric, "VSL"), config.rspo.seed)
+            label: paired_bootstrap(totals(metric, label), totals(metric, "VSL"), config.rspo.seed)
             for label in labels} for metric in BOOTSTRAPPED},
         "target": {"value@10_gain_at_least": TARGET_VALUE_GAIN, "ndcg@10_loss_at_most": TARGET_NDCG_LOSS},
         "pooled_target_met": {label: relative[label]["value@10"] >= TARGET_VALUE_GAIN
@@ -253,7 +244,7 @@ def origins(recipe: Recipe, origin_list: list[int], allow_train: bool, seeds: li
             "relative_to_vsl": {label: {k: _relative(m.tested[label][k], m.tested["VSL"][k])
                                         for k in HEADLINE} for label in labels},
             **{f"{metric}_change_bootstrap_95": {
-                label: _bootstrap(m.terms(label, metric), m.terms("VSL", metric), config.rspo.seed)
+                label: paired_bootstrap(m.terms(label, metric), m.terms("VSL", metric), config.rspo.seed)
                 for label in labels}
                for metric in BOOTSTRAPPED},
             "runs": {label: {k: v for k, v in stats.items() if k not in ("config", "curve")}
@@ -369,7 +360,7 @@ def sweep_origins(recipe: Recipe, variants: list[str], origin_list: list[int],
         pooled = {metric: float(totals(tuned, metric).sum() / targets) for metric in HEADLINE}
         rows.append({"variant": variant, **pooled,
                      "relative_to_vsl": {k: _relative(pooled[k], vsl[k]) for k in HEADLINE},
-                     **{f"{metric}_change_bootstrap_95": _bootstrap(
+                     **{f"{metric}_change_bootstrap_95": paired_bootstrap(
                          totals(tuned, metric), totals(baseline, metric), config.rspo.seed)
                         for metric in BOOTSTRAPPED},
                      "per_origin": {str(origin): {k: _relative(figs[k], baseline[origin][0][k])

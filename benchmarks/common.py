@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from genrec.config import GenrecConfig, load_config
@@ -211,6 +212,19 @@ def cached_model(prepared: Prepared, config: GenrecConfig, allow_train: bool) ->
         raise SystemExit(f"no cached VSL model for {prepared.name} at {folder}: run bench_quality with the "
                          "same recipe first, or pass --allow-train")
     return train_cached(prepared, config, f"[{prepared.name} vsl] ")
+
+
+# Resamples of the users behind a bootstrap interval.
+BOOTSTRAP_DRAWS = 1000
+
+
+def paired_bootstrap(new: np.ndarray, old: np.ndarray, seed: int) -> list[float]:
+    """95% interval of the relative change of a per-user mean, resampling users (paired: the same
+    users under both)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(old), size=(BOOTSTRAP_DRAWS, len(old)))
+    changes = new[draws].sum(1) / np.maximum(old[draws].sum(1), 1e-12) - 1.0
+    return [float(np.quantile(changes, 0.025)), float(np.quantile(changes, 0.975))]
 
 
 def load_average() -> list[float]:

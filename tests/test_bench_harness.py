@@ -72,3 +72,29 @@ def test_the_controller_ramp_recipe_is_the_experiment_its_results_ran() -> None:
         "controller.capacity_memory_seconds=120", "controller.fast_window=3s",
     ]
     assert load_config(RECIPES / "controller_ramp.yaml") == GenrecConfig().with_overrides(former)
+
+
+def test_value_pareto_weight_0_is_the_likelihood_recipe_and_the_choice_uses_validation_only() -> None:
+    """Weight 0 of the value-aware family must be the likelihood-only recipe's own model (the same
+    cache entry, so the curve starts at the recipe it is judged against); the shipped weight is
+    picked on validation, whatever test says."""
+    from benchmarks.bench_value_pareto import choose_on_validation, weight_overrides
+    from benchmarks.common import RECIPES
+    from genrec.config import load_config
+
+    family = RECIPES / "value_pareto_beauty.yaml"
+    likelihood = load_config(RECIPES / "quality_beauty_likelihood.yaml").to_dict()
+    for section in ("model", "train", "sid", "bids", "data"):
+        assert load_config(family, weight_overrides(0.0)).to_dict()[section] == likelihood[section], section
+    half = load_config(family, weight_overrides(0.5)).train
+    assert half.vsl and half.value_weight == 0.5
+
+    def point(weight: float, valid: tuple[float, float], test: tuple[float, float]) -> dict:
+        return {"value_weight": weight, "valid": {"recall@10": valid[0], "value@10": valid[1]},
+                "test": {"recall@10": test[0], "value@10": test[1]}}
+
+    points = [point(0.0, (0.100, 0.20), (0.10, 0.20)),
+              point(0.5, (0.096, 0.24), (0.08, 0.30)),   # keeps 96% of recall on validation
+              point(1.0, (0.090, 0.30), (0.10, 0.40))]   # loses 10% on validation: out, though test looks best
+    assert choose_on_validation(points)["value_weight"] == 0.5
+    assert choose_on_validation([points[0], points[2]])["value_weight"] == 0.0
