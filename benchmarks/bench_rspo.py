@@ -147,7 +147,8 @@ def compare(recipe: Recipe, allow_train: bool, seeds: list[int], tag: str = "") 
         "test_per_seed": per_seed,
         # Users are few and values heavy-tailed: this is how far each figure moves by chance.
         **{f"{metric}_change_bootstrap_95": {
-            label: paired_bootstrap(measured.terms(label, metric), measured.terms("VSL", metric), config.rspo.seed)
+            label: paired_bootstrap(measured.terms(label, metric), measured.terms("VSL", metric),
+                                    config.rspo.seed)
             for label in terms_by_label} for metric in BOOTSTRAPPED},
         "rspo_seeds": seeds,
         "relative_to_vsl": {label: {k: _relative(figs[k], vsl[k]) for k in HEADLINE}

@@ -12,7 +12,8 @@ to the target: Recall@10 at least RECALL_KEPT of the likelihood-only recipe's, V
 VALUE_GAIN above it, with paired bootstrap intervals over users. Writes
 benchmarks/results/value_pareto_<dataset>.json and .png.
 
-    python -m benchmarks.bench_value_pareto --config configs/recipes/value_pareto_beauty.yaml --weights 0 0.25 0.5 1
+    python -m benchmarks.bench_value_pareto --config configs/recipes/value_pareto_beauty.yaml \
+        --weights 0 0.25 0.5 1
 """
 
 from __future__ import annotations
@@ -88,14 +89,15 @@ def measure(recipe: Recipe, weights: list[float], allow_train: bool) -> None:
         point_terms = {}
         for label, split, exclude in PROTOCOLS:
             point[label], point_terms[label] = scored(model, prepared, config, split, exclude)
-            print(f"[{name} w={weight:g} {label}] " + " ".join(f"{k} {point[label][k]:.4f}" for k in HEADLINE),
-                  flush=True)
+            shown = " ".join(f"{k} {point[label][k]:.4f}" for k in HEADLINE)
+            print(f"[{name} w={weight:g} {label}] {shown}", flush=True)
         points.append(point)
         terms.append(point_terms)
     base = points[0]
     for point in points:
         point["relative_to_weight_0"] = {
-            label: {k: point[label][k] / base[label][k] - 1.0 if base[label][k] else float("nan") for k in HEADLINE}
+            label: {k: point[label][k] / base[label][k] - 1.0 if base[label][k] else float("nan")
+                    for k in HEADLINE}
             for label, _, _ in PROTOCOLS}
     chosen = choose_on_validation(points)
     index = points.index(chosen)
@@ -104,8 +106,8 @@ def measure(recipe: Recipe, weights: list[float], allow_train: bool) -> None:
         "chosen_on_validation": chosen["value_weight"],
         "rule": f"largest valid value@10 with valid recall@10 >= {RECALL_KEPT} x weight 0's",
         **{f"test_{k}_change": chosen["relative_to_weight_0"]["test"][k] for k in HEADLINE},
-        **{f"test_{k}_change_bootstrap_95": paired_bootstrap(terms[index]["test"][k], terms[0]["test"][k], seed)
-           for k in HEADLINE},
+        **{f"test_{k}_change_bootstrap_95":
+           paired_bootstrap(terms[index]["test"][k], terms[0]["test"][k], seed) for k in HEADLINE},
         "test_recall_kept": chosen["test"]["recall@10"] >= RECALL_KEPT * base["test"]["recall@10"],
         "test_value_gain_met": chosen["test"]["value@10"] >= (1 + VALUE_GAIN) * base["test"]["value@10"],
     }
@@ -121,8 +123,8 @@ def measure(recipe: Recipe, weights: list[float], allow_train: bool) -> None:
             y = [point[label]["value@10"] for point in points]
             ax.plot(x, y, marker="o", color="#1f77b4")
             for point, xi, yi in zip(points, x, y):
-                ax.annotate(f"w={point['value_weight']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4),
-                            fontsize=8)
+                ax.annotate(f"w={point['value_weight']:g}", (xi, yi), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
             ax.scatter([chosen[label]["recall@10"]], [chosen[label]["value@10"]], marker="*", s=220,
                        color="#d62728", zorder=3, label=f"shipped default (w={chosen['value_weight']:g})")
             # The target region: recall kept, value raised, both against weight 0.
@@ -137,8 +139,8 @@ def measure(recipe: Recipe, weights: list[float], allow_train: bool) -> None:
 
     save_result(f"value_pareto_{name}", {
         "dataset": DATASETS[name],
-        "protocol": "leave-one-out; all users; valid: history train; test: history train+valid; full catalogue "
-                    "(test_exclude_history: without the user's own context items)",
+        "protocol": "leave-one-out; all users; valid: history train; test: history train+valid; "
+                    "full catalogue (test_exclude_history: without the user's own context items)",
         "target": {"recall_kept": RECALL_KEPT, "value_gain": VALUE_GAIN},
         "points": points,
         "verdict": verdict,
@@ -149,15 +151,16 @@ def measure(recipe: Recipe, weights: list[float], allow_train: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["beauty"], choices=sorted(DATASETS))
     add_config_arguments(parser)
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 1.0],
-                        help="VSL strengths to train and score; the first must be 0 (the likelihood-only recipe)")
+                        help="VSL strengths to train and score; the first must be 0 (likelihood only)")
     parser.add_argument("--allow-train", action="store_true", help="train the missing models into the cache")
     args = parser.parse_args()
     if not args.weights or args.weights[0] != 0.0:
-        parser.error("--weights must start with 0 (the likelihood-only recipe every other weight is compared with)")
+        parser.error("--weights must start with 0 (the likelihood-only recipe the others are compared with)")
     if any(not 0.0 <= weight <= 1.0 for weight in args.weights):
         parser.error("--weights must each lie in [0, 1] (train.value_weight)")
     for name in args.datasets:
