@@ -55,7 +55,6 @@ import yaml
 from benchmarks import common as bq
 from benchmarks.harness import save_result
 from genrec.config import GenrecConfig, load_config
-from genrec.evaluate import evaluate
 from genrec.serving.policy import BeamLadder
 from genrec.train.data import evaluation_requests
 from testbed.prometheus import LocalPrometheus, free_port
@@ -285,24 +284,6 @@ def summarise(name: str, record: RampRecord, profile: list[Segment], capacity: f
 # ------------------------------------------------------------------------------------------------
 
 
-def recall_of(model: Any, model_dir: Path, requests: Any, widths: tuple[int, ...], users: int,
-              seed: int) -> float:
-    """Offline Recall@10 of one policy on `users` test users (cached beside the model: it is
-    deterministic, and the widest rungs take minutes on a busy CPU)."""
-    cache = model_dir.parent / f"recall-{bq.cache_key(list(widths), users, seed)}.json"
-    if cache.is_file():
-        value = float(json.loads(cache.read_text())["recall@10"])
-    else:
-        rng = np.random.default_rng(seed)
-        subset = requests.subset(np.sort(rng.choice(len(requests), min(users, len(requests)), replace=False)))
-        t0 = time.perf_counter()
-        value = float(evaluate(model.decoder, subset, model.tables, list(widths), 10, 128)["recall@10"])
-        cache.write_text(json.dumps({"recall@10": value, "widths": list(widths), "users": len(subset),
-                                     "seconds": time.perf_counter() - t0}))
-    print(f"{list(widths)}: offline Recall@10 {value:.4f} ({users} test users)", flush=True)
-    return value
-
-
 def request_bodies(model: Any, requests: Any, count: int, seed: int) -> list[bytes]:
     """v1 bodies of test users: their latest items (oldest first) as recent_items, k=10."""
     rng = np.random.default_rng(seed + 1)
@@ -385,7 +366,7 @@ def prepare_experiment(args: argparse.Namespace) -> Experiment:
     model = bq.train_cached(prepared, config, f"[{args.dataset}] ")
     model_dir = _model_dir(config, prepared)
     requests = evaluation_requests(prepared.splits, model.item_ids, model.decoder.config.recent_items, "test")
-    recall = [recall_of(model, model_dir, requests, ladder.policy(r).for_levels(model.decoder.levels),
+    recall = [bq.recall_of(model, model_dir, requests, ladder.policy(r).for_levels(model.decoder.levels),
                         args.recall_users, args.seed) for r in range(len(ladder))]
     payloads = request_bodies(model, requests, 1000, args.seed)
     return Experiment(args, cfg, ladder, model_dir, payloads, recall,

@@ -156,6 +156,24 @@ def test_figures(model: TrainedModel, prepared: Prepared, config: GenrecConfig,
     return figures
 
 
+def recall_of(model: Any, model_dir: Path, requests: Any, widths: tuple[int, ...], users: int,
+              seed: int) -> float:
+    """Offline Recall@10 of one policy on `users` test users (cached beside the model: it is
+    deterministic, and the widest rungs take minutes on a busy CPU)."""
+    cache = model_dir.parent / f"recall-{cache_key(list(widths), users, seed)}.json"
+    if cache.is_file():
+        value = float(json.loads(cache.read_text())["recall@10"])
+    else:
+        rng = np.random.default_rng(seed)
+        subset = requests.subset(np.sort(rng.choice(len(requests), min(users, len(requests)), replace=False)))
+        t0 = time.perf_counter()
+        value = float(evaluate(model.decoder, subset, model.tables, list(widths), 10, 128)["recall@10"])
+        cache.write_text(json.dumps({"recall@10": value, "widths": list(widths), "users": len(subset),
+                                     "seconds": time.perf_counter() - t0}))
+    print(f"{list(widths)}: offline Recall@10 {value:.4f} ({users} test users)", flush=True)
+    return value
+
+
 def recipe_path(name: str) -> Path:
     """The frozen reference recipe of a data set."""
     return RECIPES / f"quality_{name}.yaml"

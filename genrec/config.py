@@ -806,6 +806,75 @@ class ControllerConfig:
 
 
 @dataclass
+class AutoscalingConfig:
+    """Replica autoscaling of the predictor through KEDA (manifests/base/scaledobject.yaml), and how
+    it shares the work with the beam controller. It scales on the demand the fleet would have at the
+    widest rung (request rate / the widest rung's per-replica capacity), never on latency or
+    utilisation: those the controller keeps low by narrowing the beams, and an autoscaler that read
+    them would scale in under load. Narrow beams then mean "add replicas", and the replicas that
+    come online let the controller widen again. tests/test_manifests.py holds the ScaledObject to
+    these figures; benchmarks/bench_fleet.py simulates them over a day of traffic."""
+
+    min_replicas: int = 2
+    max_replicas: int = 16
+    # The ScaledObject's target: each replica is kept at this share of the widest rung's capacity
+    # (controller.rung_capacity_rps[-1]). The headroom above it is what the controller's narrower
+    # rungs cover while new replicas start (1-3 minutes on GPU nodes): 1 / target_utilisation x the
+    # widest rung's capacity should hold a burst (3x within a minute, say) at the narrower rungs.
+    target_utilisation: float = 0.4
+    # Rate window of the trigger's query (at least two scrapes of the PodMonitor).
+    window: str = "1m"
+    # KEDA polls the trigger this often (the HPA reads KEDA's metric at its own 15 s sync).
+    polling_interval_seconds: int = 15
+    # HPA behaviour: scale up at once, by up to this many replicas a minute (or doubling, whichever is
+    # more); scale in only below the highest recommendation of the window, by one replica per window,
+    # so that the fleet never scales in twice within one stabilisation window.
+    scale_up_stabilisation_seconds: int = 0
+    scale_up_replicas_per_minute: int = 4
+    scale_down_stabilisation_seconds: int = 300
+    # HPA's tolerance: no change while the metric is within this ratio of its target.
+    tolerance: float = 0.1
+    # KEDA fallback: after this many failed reads of the trigger (Prometheus down), hold
+    # `fallback_replicas` instead of scaling on no data.
+    fallback_failures: int = 3
+    fallback_replicas: int = 4
+
+
+@dataclass
+class SpikeConfig:
+    """A burst on top of the day's curve: the rate rises to `multiplier` x within `rise_seconds`."""
+
+    start_hour: float = 12.0
+    multiplier: float = 3.0
+    rise_seconds: float = 60.0
+    hold_seconds: float = 600.0
+    fall_seconds: float = 300.0
+
+
+@dataclass
+class FleetSimConfig:
+    """The simulated day of benchmarks/bench_fleet.py (genrec.fleet): traffic shaped like ad traffic,
+    replicas that behave as the load test measured them, and KEDA/HPA timing with start-up delays."""
+
+    seed: int = 7
+    # The day's busiest minute before spikes, all replicas together (requests/s).
+    peak_rps: float = 3000.0
+    # The quietest hour (04:00) as a share of the peak (20:00).
+    trough_share: float = 0.25
+    trough_hour: float = 4.0
+    peak_hour: float = 20.0
+    spikes: list[SpikeConfig] = field(default_factory=lambda: [SpikeConfig(start_hour=12.5),
+                                                               SpikeConfig(start_hour=19.0)])
+    # A new replica serves this long after it is asked for (GPU node, image pull, model load):
+    # drawn uniformly per replica.
+    startup_seconds_min: float = 60.0
+    startup_seconds_max: float = 180.0
+    # The fixed fleet of the controller-alone policy: 0 sizes it to the mean replicas of the
+    # policy that runs both loops (equal replica-hours); otherwise this many.
+    fixed_replicas: int = 0
+
+
+@dataclass
 class GenrecConfig:
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -824,6 +893,8 @@ class GenrecConfig:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
+    fleet: FleetSimConfig = field(default_factory=FleetSimConfig)
     seed: int = 42
 
     def to_dict(self) -> dict[str, Any]:
@@ -878,6 +949,8 @@ class GenrecConfig:
             )
         self._check_serving()
         self._check_controller()
+        self._check_autoscaling()
+        self._check_fleet()
         if self.serving.exclude_history and self.serving.dare:
             raise ConfigError("serving.exclude_history is not wired into DARE's drafting yet: turn off "
                               "serving.dare or serving.exclude_history")
@@ -1005,6 +1078,49 @@ class GenrecConfig:
         if not 0 < c.capacity_up_utilisation < c.capacity_down_utilisation <= 1:
             raise ConfigError("controller: need 0 < capacity_up_utilisation < capacity_down_utilisation <= 1 "
                               "(the feed-forward's hysteresis band)")
+
+    def _check_autoscaling(self) -> None:
+        a = self.autoscaling
+        if not 1 <= a.min_replicas <= a.max_replicas:
+            raise ConfigError(f"autoscaling: need 1 <= min_replicas ({a.min_replicas}) <= max_replicas "
+                              f"({a.max_replicas}); a GPU predictor does not scale to zero")
+        if not 0 < a.target_utilisation <= 1:
+            raise ConfigError(f"autoscaling.target_utilisation={a.target_utilisation} must be in (0, 1]: the "
+                              "share of the widest rung's capacity each replica is kept at")
+        if not _DURATION.match(a.window):
+            raise ConfigError(f"autoscaling.window={a.window!r} is not a Prometheus duration such as 1m")
+        for name in ("polling_interval_seconds", "scale_up_replicas_per_minute", "fallback_failures"):
+            if getattr(a, name) < 1:
+                raise ConfigError(f"autoscaling.{name} must be at least 1")
+        for name in ("scale_up_stabilisation_seconds", "scale_down_stabilisation_seconds", "tolerance"):
+            if getattr(a, name) < 0:
+                raise ConfigError(f"autoscaling.{name} must be non-negative")
+        if a.scale_down_stabilisation_seconds > 3600 or a.scale_up_stabilisation_seconds > 3600:
+            raise ConfigError("autoscaling: stabilisation windows are at most 3600 s (the HPA's limit)")
+        if not a.min_replicas <= a.fallback_replicas <= a.max_replicas:
+            raise ConfigError(f"autoscaling.fallback_replicas={a.fallback_replicas} must lie between "
+                              "min_replicas and max_replicas")
+
+    def _check_fleet(self) -> None:
+        f = self.fleet
+        if f.peak_rps <= 0:
+            raise ConfigError("fleet.peak_rps must be positive")
+        if not 0 < f.trough_share <= 1:
+            raise ConfigError(f"fleet.trough_share={f.trough_share} must be in (0, 1]")
+        for name in ("trough_hour", "peak_hour"):
+            if not 0 <= getattr(f, name) < 24:
+                raise ConfigError(f"fleet.{name} must be an hour of the day in [0, 24)")
+        if f.trough_hour == f.peak_hour:
+            raise ConfigError("fleet.trough_hour and fleet.peak_hour must differ")
+        if not 0 <= f.startup_seconds_min <= f.startup_seconds_max:
+            raise ConfigError("fleet: need 0 <= startup_seconds_min <= startup_seconds_max")
+        if f.fixed_replicas < 0:
+            raise ConfigError("fleet.fixed_replicas must be 0 (equal replica-hours) or a replica count")
+        for i, spike in enumerate(f.spikes):
+            if not 0 <= spike.start_hour < 24 or spike.multiplier < 1:
+                raise ConfigError(f"fleet.spikes[{i}]: start_hour must be in [0, 24) and multiplier >= 1")
+            if min(spike.rise_seconds, spike.hold_seconds, spike.fall_seconds) < 0:
+                raise ConfigError(f"fleet.spikes[{i}]: rise, hold and fall seconds must be non-negative")
 
     def _check_serving(self) -> None:
         serving = self.serving

@@ -98,3 +98,17 @@ def test_value_pareto_weight_0_is_the_likelihood_recipe_and_the_choice_uses_vali
               point(1.0, (0.090, 0.30), (0.10, 0.40))]   # loses 10% on validation: out, though test looks best
     assert choose_on_validation(points)["value_weight"] == 0.5
     assert choose_on_validation([points[0], points[2]])["value_weight"] == 0.0
+
+
+def test_the_fleet_recipe_simulates_the_deployed_config() -> None:
+    """bench_fleet's recipe runs the controller and autoscaling settings the base manifests deploy."""
+    from benchmarks.common import RECIPES
+    from genrec.config import load_config
+
+    recipe = load_config(RECIPES / "fleet.yaml").to_dict()
+    deployed = load_config(REPO / "manifests" / "base" / "genrec-config.yaml").to_dict()
+    for section in ("controller", "autoscaling", "serving"):
+        keys = {k for k in recipe[section] if k not in {"prometheus_url", "kubernetes_service", "kubernetes_namespace",
+                                                       "state_file", "metrics_port", "admin_port", "model_name",
+                                                       "admin_token_env"}}
+        assert {k: recipe[section][k] for k in keys} == {k: deployed[section][k] for k in keys}, section

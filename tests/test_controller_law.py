@@ -213,6 +213,20 @@ def test_feed_forward_jumps_to_the_widest_rung_that_carries_the_load(load: float
         assert "capacity of rung 3" in d.reason and s.last_change == 1.0
 
 
+def test_feed_forward_beyond_every_capacity_stops_at_the_widest_of_the_fastest_rungs() -> None:
+    # The CPU table: the three narrowest rungs carried the load test's highest rate alike.
+    p = params(rung_capacity_rps=[1590.0, 1590.0, 1590.0, 1190.0], capacity_down_utilisation=0.6,
+               capacity_up_utilisation=0.45)
+    s, d = decide(LawState(rung=3, last_change=None, last_good=0.0), ff(1500.0), 1.0, p)
+    assert s.rung == 2 and d.action == "down"
+    # A steep table: nothing carries 300/s, and rung 0 is the fastest, so rung 0.
+    s, _ = decide(LawState(rung=3, last_change=None, last_good=0.0), ff(300.0), 1.0, ff_params())
+    assert s.rung == 0
+    # Rung 2 over its p99 threshold at that load: the reactive law still steps below it.
+    s, d = decide(dataclasses.replace(s, rung=2, last_change=None), ff(1500.0, p99=0.5), 50.0, p)
+    assert d.action == "down" and s.rung == 1
+
+
 def test_feed_forward_acts_on_the_larger_of_the_fast_and_slow_rates() -> None:
     p = ff_params()
     start = LawState(rung=3, last_change=None, last_good=0.0)

@@ -43,9 +43,12 @@ CRD_FILES = {
     ("ray.io", "RayCluster"): "ray.io_rayclusters.yaml",
     ("trainer.kubeflow.org", "ClusterTrainingRuntime"): "trainer.kubeflow.org_clustertrainingruntimes.yaml",
     ("trainer.kubeflow.org", "TrainJob"): "trainer.kubeflow.org_trainjobs.yaml",
+    ("keda.sh", "ScaledObject"): "keda.sh_scaledobjects.yaml",
 }
 # Custom kinds only some overlays have: the data steps' RayCluster is on the GPU (cluster) overlay.
-OVERLAY_ONLY_KINDS = {"RayCluster": {"gpu"}, "ClusterTrainingRuntime": {"gpu"}, "TrainJob": set()}
+OVERLAY_ONLY_KINDS = {"RayCluster": {"gpu"}, "ClusterTrainingRuntime": {"gpu"}, "TrainJob": set(),
+                      # kind / minikube run one replica and usually no KEDA.
+                      "ScaledObject": {"base", "gpu"}}
 # The oldest Kubernetes we target, and the newest schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 NAMESPACE = "genrec"
@@ -286,6 +289,7 @@ def test_custom_resources_match_their_crds(overlay: str) -> None:
          "persistance"),
         ("PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].__setitem__("expression", "1"),
          "expression"),
+        ("ScaledObject", lambda d: d["spec"].__setitem__("pollingIntervall", 15), "pollingIntervall"),
     ],
 )
 def test_crd_validation_rejects_a_misspelt_field(kind: str, mutate: Any, field: str) -> None:
@@ -397,7 +401,10 @@ def test_predictor_probes_ports_and_model_location(overlay: str) -> None:
     storage = env_of(container)["STORAGE_URI"]["value"]
     assert re.match(r"(s3|gs|pvc|https?|hf|oci)://.+", storage), storage
     assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
-    assert spec["scaleMetric"] in ("cpu", "memory") and 0 < spec["scaleTarget"] <= 100
+    # Replicas scale through KEDA (or not at all, locally): never on a utilisation target, which the
+    # beam controller's narrowing would drive down under load.
+    assert annotations["serving.kserve.io/autoscalerClass"] == "external"
+    assert "scaleMetric" not in spec and "scaleTarget" not in spec and "autoScaling" not in spec
     pod_annotations = spec["annotations"]
     assert pod_annotations["prometheus.io/scrape"] == "true"
     assert pod_annotations["prometheus.io/port"] == str(cfg.serving.http_port)
@@ -1035,3 +1042,84 @@ def test_the_capacity_table_is_the_measured_one_and_gpu_nodes_turn_it_off() -> N
     overrides = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--set"]
     assert "controller.rung_capacity_rps=[]" in overrides
     assert load_config(None, overrides).controller.rung_capacity_rps == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Replica autoscaling (KEDA)
+
+
+@pytest.mark.parametrize("overlay", ["base", "gpu"])
+def test_scaledobject_is_the_autoscaling_config(overlay: str) -> None:
+    """The ScaledObject says what genrec-config's autoscaling section says (the simulation in
+    benchmarks/bench_fleet.py runs that section), targets the Deployment KServe makes for the
+    predictor, and triggers on the widest rung's demand, the query genrec.fleet.trigger builds."""
+    from genrec.fleet.autoscaler import (
+        SCALE_DOWN_REPLICAS_PER_WINDOW,
+        SCALE_UP_PERCENT,
+        SCALE_UP_PERIOD_SECONDS,
+    )
+    from genrec.fleet.trigger import trigger_query
+
+    docs = render(overlay)
+    _, cfg = genrec_config(docs)
+    a = cfg.autoscaling
+    isvc = one(docs, "InferenceService", "genrec")
+    spec = one(docs, "ScaledObject", "genrec-predictor")["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                      "name": f"{isvc['metadata']['name']}-predictor"}
+    assert spec["scaleTargetRef"]["name"] == cfg.controller.kubernetes_service
+    assert spec["minReplicaCount"] == a.min_replicas == isvc["spec"]["predictor"]["minReplicas"]
+    # The GPU overlay lowers the ceiling to its GPU budget, on both objects alike.
+    assert spec["maxReplicaCount"] == isvc["spec"]["predictor"]["maxReplicas"] <= a.max_replicas
+    assert (spec["maxReplicaCount"] == a.max_replicas) == (overlay == "base")
+    assert spec["pollingInterval"] == a.polling_interval_seconds
+    assert spec["fallback"] == {"failureThreshold": a.fallback_failures,
+                                "replicas": min(a.fallback_replicas, spec["maxReplicaCount"])}
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    up, down = behavior["scaleUp"], behavior["scaleDown"]
+    assert up["stabilizationWindowSeconds"] == a.scale_up_stabilisation_seconds and up["selectPolicy"] == "Max"
+    assert sorted((p["type"], p["value"], p["periodSeconds"]) for p in up["policies"]) == sorted([
+        ("Pods", a.scale_up_replicas_per_minute, SCALE_UP_PERIOD_SECONDS),
+        ("Percent", SCALE_UP_PERCENT, SCALE_UP_PERIOD_SECONDS)])
+    assert down["stabilizationWindowSeconds"] == a.scale_down_stabilisation_seconds
+    assert down["policies"] == [{"type": "Pods", "value": SCALE_DOWN_REPLICAS_PER_WINDOW,
+                                 "periodSeconds": a.scale_down_stabilisation_seconds}]
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert trigger["metadata"]["serverAddress"] == cfg.controller.prometheus_url
+    assert trigger["metadata"]["query"] == trigger_query(cfg)
+    assert float(trigger["metadata"]["threshold"]) == a.target_utilisation
+    assert trigger["metadata"]["ignoreNullValues"] == "false"
+
+
+def test_local_overlay_has_no_autoscaler() -> None:
+    docs = render("local")
+    assert not find(docs, "ScaledObject")
+    spec, _ = predictor(docs)
+    assert spec["minReplicas"] == spec["maxReplicas"]
+
+
+def test_trigger_query_counts_every_request_over_the_widest_capacity(promtool: str, tmp_path: Path) -> None:
+    """promtool evaluates the ScaledObject's query on synthetic series: 10 answered and 1 rejected
+    request a second is 11 / 1190 widest-rung replicas; another job's requests do not count."""
+    from genrec.fleet.trigger import widest_capacity
+
+    docs = render("base")
+    _, cfg = genrec_config(docs)
+    query = one(docs, "ScaledObject", "genrec-predictor")["spec"]["triggers"][0]["metadata"]["query"]
+    series = [  # a sample every 15 s
+        {"series": 'genrec_requests_total{job="genrec-predictor",code="ok"}', "values": "0+150x400"},
+        {"series": 'genrec_requests_total{job="genrec-predictor",code="429"}', "values": "0+15x400"},
+        {"series": 'genrec_requests_total{job="someone-else",code="ok"}', "values": "0+1500x400"},
+    ]
+    expected = 11 / widest_capacity(cfg)
+    tests = [{"interval": "15s", "input_series": series, "promql_expr_test": [
+        {"expr": query, "eval_time": "60m", "exp_samples": [{"labels": "{}", "value": expected}]}]}]
+    rules = tmp_path / "empty_rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": []}))
+    spec = tmp_path / "trigger_test.yaml"
+    spec.write_text(yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "15s", "tests": tests},
+                                   sort_keys=False))
+    result = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -190,11 +190,14 @@ def capacity_ceiling(ceilings: Mapping[int, tuple[float, float]], rung: int) -> 
 
 def feed_forward_rung(load: float, rung: int, params: LawParams) -> int:
     """The widest rung at or below `rung` whose capacity carries `load` within the down
-    utilisation (rung 0 if none does)."""
+    utilisation. If none does, the widest rung of the highest capacity: a narrower rung that the
+    load test found no faster (the CPU table's three narrowest rungs are equal) would give up
+    recall for nothing, and the p99 law still steps further down if that rung breaks."""
     for r in range(rung, 0, -1):
         if load <= params.capacity_down_utilisation * params.rung_capacity[r]:
             return r
-    return 0
+    most = max(params.rung_capacity[: rung + 1])
+    return max(r for r in range(rung + 1) if params.rung_capacity[r] >= most)
 
 
 def decide(state: LawState, obs: Observation, now: float, params: LawParams) -> tuple[LawState, Decision]:
