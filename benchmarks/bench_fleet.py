@@ -20,6 +20,7 @@ and fleet.png (load, replicas, rung and p99 over the day, per policy).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from dataclasses import asdict
@@ -44,6 +45,9 @@ SERVING_LOAD = RESULTS / "serving_load.json"
 MIN_MINUTES_WITHIN_SLO = 0.99
 MAX_RECALL_SHARE_OF_CONTROLLER_ALONE = 0.5
 MAX_SCALE_INS_PER_WINDOW = 1
+# The settings swept around the recipe's: KEDA's target utilisation, and the slowest replica start.
+SENSITIVITY_TARGETS = (0.3, 0.4, 0.5, 0.6, 0.7)
+SENSITIVITY_STARTUP_MAX = (180.0, 420.0)
 
 
 def rung_recall(config: GenrecConfig, users: int, seed: int, allow_train: bool) -> list[float]:
@@ -130,6 +134,32 @@ def run(config: GenrecConfig, recall: list[float], serving_load: dict[str, Any])
     }
 
 
+def sensitivity(config: GenrecConfig, recall: list[float], serving_load: dict[str, Any]
+                ) -> list[dict[str, Any]]:
+    """What the settings a platform owner tunes do to the policy with both loops (and to the widest beam
+    alone, the same autoscaler without the controller): the target utilisation, and slower starts."""
+    model = ReplicaModel.from_serving_load(serving_load["figures"])
+    day = arrivals(config.fleet)
+    rows = []
+    for target in SENSITIVITY_TARGETS:
+        for slowest in SENSITIVITY_STARTUP_MAX:
+            varied = dataclasses.replace(config, autoscaling=dataclasses.replace(config.autoscaling,
+                                                                                 target_utilisation=target),
+                                         fleet=dataclasses.replace(config.fleet, startup_seconds_max=slowest))
+            row: dict[str, Any] = {"target_utilisation": target, "startup_seconds_max": slowest}
+            for name in ("both", "fixed_widest_autoscaled"):
+                s = summarise(simulate_day(varied, model, day, POLICIES[name], recall), varied, recall)
+                row[name] = {"minutes_within_slo": s.minutes_within_slo, "recall_given_up": s.recall_given_up,
+                             "replica_hours": s.replica_hours}
+            both = row["both"]
+            print(f"target {target:.1f}, start-up up to {slowest:.0f}s: both "
+                  f"{both['minutes_within_slo']:.2%} within SLO, recall given up "
+                  f"{both['recall_given_up']:.2%}, {both['replica_hours']:.0f} replica-h; widest alone "
+                  f"{row['fixed_widest_autoscaled']['minutes_within_slo']:.2%}", flush=True)
+            rows.append(row)
+    return rows
+
+
 def plot(figures: dict[str, Any]) -> plt.Figure:
     names = list(figures["policies"])
     fig, axes = plt.subplots(len(names), 3, figsize=(16, 3.1 * len(names)), sharex=True)
@@ -182,6 +212,7 @@ def main() -> None:
     serving_load = json.loads(SERVING_LOAD.read_text())
     recall = rung_recall(config, args.recall_users, args.seed, args.allow_train)
     figures = run(config, recall, serving_load)
+    figures["sensitivity"] = sensitivity(config, recall, serving_load)
     figures["recipe"] = str(Path(args.config or RECIPE).resolve().relative_to(bq.REPO))
     figures["config_overrides"] = list(args.set)
     save_result("fleet", figures, lambda: plot(figures))
