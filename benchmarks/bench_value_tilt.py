@@ -12,7 +12,6 @@ proposes, and at which tilt; no training. Writes benchmarks/results/value_tilt_<
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -29,21 +28,12 @@ from benchmarks.common import (
 )
 from benchmarks.harness import save_result
 from genrec.evaluate import ranking_metrics, recommend
-from genrec.train.data import evaluation_requests, item_rows
+from genrec.model.value_tilt import item_value_table
+from genrec.train.data import evaluation_requests
 
 SPLITS = ("valid", "test")
 HEADLINE = ("recall@10", "ndcg@10", "value@10")
 CUTOFF = 10
-
-
-def item_values(splits: Any, item_ids: np.ndarray) -> np.ndarray:
-    """Each codebook row's value (its interactions' median; 0 for an item no interaction names)."""
-    rows = item_rows(splits["item_id"], item_ids)
-    known = rows >= 0
-    values = np.zeros(len(item_ids))
-    median = splits[known].assign(row=rows[known]).groupby("row")["value"].median()
-    values[median.index.to_numpy()] = median.to_numpy(float)
-    return values
 
 
 def tilted(items: np.ndarray, scores: np.ndarray, values: np.ndarray, alpha: float) -> np.ndarray:
@@ -59,7 +49,7 @@ def measure(recipe: Recipe, pool: int, alphas: list[float], allow_train: bool) -
     config = recipe.config()
     prepared = prepare(name, config)
     model = cached_model(prepared, config, allow_train)
-    values = item_values(prepared.splits, model.item_ids)
+    values = item_value_table(prepared.splits, model.item_ids)
     rows: dict[str, list[dict[str, float]]] = {}
     for split in SPLITS:
         recent = model.decoder.config.recent_items

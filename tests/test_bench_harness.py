@@ -94,10 +94,11 @@ def test_value_pareto_weight_0_is_the_likelihood_recipe_and_the_choice_uses_vali
                 "test": {"recall@10": test[0], "value@10": test[1]}}
 
     points = [point(0.0, (0.100, 0.20), (0.10, 0.20)),
-              point(0.5, (0.096, 0.24), (0.08, 0.30)),   # keeps 96% of recall on validation
+              point(0.5, (0.098, 0.24), (0.08, 0.30)),   # keeps 98% of recall on validation
+              point(0.7, (0.096, 0.26), (0.10, 0.35)),   # keeps 96%: past the half of the allowance kept
               point(1.0, (0.090, 0.30), (0.10, 0.40))]   # loses 10% on validation: out, though test looks best
     assert choose_on_validation(points)["value_weight"] == 0.5
-    assert choose_on_validation([points[0], points[2]])["value_weight"] == 0.0
+    assert choose_on_validation([points[0], points[3]])["value_weight"] == 0.0
 
 
 def test_the_fleet_recipe_simulates_the_deployed_config() -> None:

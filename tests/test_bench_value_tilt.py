@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from benchmarks.bench_value_tilt import item_values, tilted
+from benchmarks.bench_value_tilt import tilted
+from genrec.model.value_tilt import item_value_table as item_values
 
 
 def test_tilt_reorders_by_log_prob_plus_alpha_log_value() -> None:
