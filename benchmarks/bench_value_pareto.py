@@ -137,7 +137,8 @@ def measure(recipe: Recipe, weights: list[float], tilts: list[float], allow_trai
     verdict["meets_target"] = bool(verdict["test_recall_kept"] and verdict["test_value_gain_met"])
     print(f"[{name}] chosen: training weight {chosen['value_weight']:g}, tilt {chosen['value_tilt']:g}: test "
           f"recall@10 {verdict['test_recall@10_change']:+.1%}, "
-          f"value@10 {verdict['test_value@10_change']:+.1%}, meets target: {verdict['meets_target']}", flush=True)
+          f"value@10 {verdict['test_value@10_change']:+.1%}, meets target: {verdict['meets_target']}",
+          flush=True)
 
     def plot() -> plt.Figure:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
