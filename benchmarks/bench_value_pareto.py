@@ -90,7 +90,8 @@ def choose_on_validation(points: list[dict[str, Any]]) -> dict[str, Any]:
     return max(kept, key=lambda point: point["valid"]["value@10"])
 
 
-def measure(recipe: Recipe, weights: list[float], tilts: list[float], allow_train: bool) -> None:
+def measure(recipe: Recipe, weights: list[float], tilts: list[float], allow_train: bool,
+            tag: str = "") -> None:
     name = recipe.dataset
     started_load = load_average()
     prepared = prepare(name, recipe.config())
@@ -163,7 +164,7 @@ def measure(recipe: Recipe, weights: list[float], tilts: list[float], allow_trai
         fig.tight_layout()
         return fig
 
-    save_result(f"value_pareto_{name}", {
+    save_result(f"value_pareto_{name}" + (f"_{tag}" if tag else ""), {
         "dataset": DATASETS[name],
         "protocol": "leave-one-out; all users; valid: history train; test: history train+valid; "
                     "full catalogue (test_exclude_history: without the user's own context items)",
@@ -187,6 +188,7 @@ def main() -> None:
     parser.add_argument("--tilts", nargs="+", type=float, default=list(DEFAULT_TILTS),
                         help="decode-time value tilts to score on every model; the first must be 0")
     parser.add_argument("--allow-train", action="store_true", help="train the missing models into the cache")
+    parser.add_argument("--tag", default="", help="suffix of the result's name (a variant)")
     args = parser.parse_args()
     for flag, values in (("--weights", args.weights), ("--tilts", args.tilts)):
         if not values or values[0] != 0.0:
@@ -197,7 +199,7 @@ def main() -> None:
         if name != "movielens" and not SHARED.is_dir():
             print(f"skipping {name}: {SHARED} is absent")
             continue
-        measure(Recipe.from_args(name, args), args.weights, args.tilts, args.allow_train)
+        measure(Recipe.from_args(name, args), args.weights, args.tilts, args.allow_train, args.tag)
 
 
 if __name__ == "__main__":
