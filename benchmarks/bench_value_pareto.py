@@ -66,12 +66,12 @@ Scored = list[tuple[dict[str, float], dict[str, np.ndarray]]]
 
 
 def scored(model: TrainedModel, prepared: Any, config: GenrecConfig, split: str, exclude: bool,
-           tilts: list[float], item_values: np.ndarray) -> Scored:
+           tilts: list[float], item_values: np.ndarray, widths: list[int]) -> Scored:
     """One protocol's figures and each user's @10 terms (for the paired bootstrap), per tilt: one beam
-    search, whose final beam (train.beam_widths' last width) every tilt re-ranks."""
+    search of `widths`, whose final beam every tilt re-ranks."""
     requests = evaluation_requests(prepared.splits, model.item_ids, model.decoder.config.recent_items, split)
-    pool = max(config.train.top_k, config.train.beam_widths[-1])
-    items, scores = recommend(model.decoder, requests, model.tables, config.train.beam_widths, pool,
+    pool = max(config.train.top_k, widths[-1])
+    items, scores = recommend(model.decoder, requests, model.tables, widths, pool,
                               config.train.eval_batch_size, exclude_history=exclude)
     mean_value = mean_positive(item_values)
     out = []
@@ -91,7 +91,7 @@ def choose_on_validation(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(recipe: Recipe, weights: list[float], tilts: list[float], allow_train: bool,
-            tag: str = "") -> None:
+            tag: str = "", beam: list[int] | None = None) -> None:
     name = recipe.dataset
     started_load = load_average()
     prepared = prepare(name, recipe.config())
@@ -102,7 +102,8 @@ def measure(recipe: Recipe, weights: list[float], tilts: list[float], allow_trai
         model = cached_model(prepared, config, allow_train)
         training = model.manifest["training"]
         item_values = item_value_table(prepared.splits, model.item_ids)
-        by_protocol = {label: scored(model, prepared, config, split, exclude, tilts, item_values)
+        widths = beam or config.train.beam_widths
+        by_protocol = {label: scored(model, prepared, config, split, exclude, tilts, item_values, widths)
                        for label, split, exclude in PROTOCOLS}
         for index, tilt_weight in enumerate(tilts):
             point: dict[str, Any] = {"value_weight": weight, "value_tilt": tilt_weight,
@@ -168,6 +169,7 @@ def measure(recipe: Recipe, weights: list[float], tilts: list[float], allow_trai
         "dataset": DATASETS[name],
         "protocol": "leave-one-out; all users; valid: history train; test: history train+valid; "
                     "full catalogue (test_exclude_history: without the user's own context items)",
+        "beam_widths": beam or recipe.config().train.beam_widths,
         "target": {"recall_kept": RECALL_KEPT, "value_gain": VALUE_GAIN,
                    "validation_recall_kept": VALIDATION_RECALL_KEPT},
         "points": points,
@@ -188,6 +190,8 @@ def main() -> None:
     parser.add_argument("--tilts", nargs="+", type=float, default=list(DEFAULT_TILTS),
                         help="decode-time value tilts to score on every model; the first must be 0")
     parser.add_argument("--allow-train", action="store_true", help="train the missing models into the cache")
+    parser.add_argument("--beam", nargs="+", type=int, default=None,
+                        help="beam widths of the search the tilts re-rank (default: train.beam_widths)")
     parser.add_argument("--tag", default="", help="suffix of the result's name (a variant)")
     args = parser.parse_args()
     for flag, values in (("--weights", args.weights), ("--tilts", args.tilts)):
@@ -199,7 +203,7 @@ def main() -> None:
         if name != "movielens" and not SHARED.is_dir():
             print(f"skipping {name}: {SHARED} is absent")
             continue
-        measure(Recipe.from_args(name, args), args.weights, args.tilts, args.allow_train, args.tag)
+        measure(Recipe.from_args(name, args), args.weights, args.tilts, args.allow_train, args.tag, args.beam)
 
 
 if __name__ == "__main__":
