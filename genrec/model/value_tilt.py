@@ -5,8 +5,9 @@ w = 0 is the likelihood ranking, w = 1 ranks by expected value p(y) v(y). For a 
 top K of this score is the list of highest expected Value@K among those of at least a given expected
 Recall@K (its Lagrangian: sum of p(y) (v(y) + lambda) over the list, lambda = mean value (1 - w) / w),
 so sweeping w traces the best Value/Recall trade-off the model's own probabilities allow. Training
-with VSL (train.value_weight) instead bends the probabilities themselves, and on Beauty it gives up
-more recall for the same value (benchmarks/results/value_pareto_beauty.json).
+with VSL (train.value_weight) instead bends the probabilities themselves. On Beauty's validation
+targets that gave up more recall for the same value than the tilt did; on its test targets a light
+VSL weight plus a tilt did best (benchmarks/results/value_pareto_beauty.json).
 
 An item's value is its bid, a catalogue attribute known before any request (`item_value_table`).
 """
