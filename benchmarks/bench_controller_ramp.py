@@ -467,7 +467,8 @@ def figures_of(exp: Experiment, setups: list[Setup], results: dict[str, Any], ca
         "slo_p99_seconds": exp.slo,
         "recipe": args.config,
         "config_overrides": args.overrides,
-        "controller_config": dataclasses.asdict(exp.cfg.controller),
+        # Each set-up's controller gets a fresh state file in the run's temporary folder.
+        "controller_config": bq.recorded_controller(exp.cfg.controller),
         "capacity_rps_per_rung": capacities,
         "capacity_ratio_narrowest_to_widest": capacities[0] / capacity,
         "controller_inflight_guard": guard,

@@ -129,8 +129,9 @@ def run(config: GenrecConfig, recall: list[float], serving_load: dict[str, Any])
                             "per_minute": per_minute(records[name])} for name in order},
         "targets": targets,
         "targets_met": all(t["met"] for t in targets.values()),
-        "config": {"controller": asdict(config.controller), "autoscaling": asdict(config.autoscaling),
-                   "fleet": asdict(config.fleet), "beam_ladder": config.serving.beam_ladder},
+        "config": {"controller": bq.recorded_controller(config.controller),
+                   "autoscaling": asdict(config.autoscaling), "fleet": asdict(config.fleet),
+                   "beam_ladder": config.serving.beam_ladder},
     }
 
 

@@ -245,5 +245,11 @@ def paired_bootstrap(new: np.ndarray, old: np.ndarray, seed: int) -> list[float]
     return [float(np.quantile(changes, 0.025)), float(np.quantile(changes, 0.975))]
 
 
+def recorded_controller(controller: Any) -> dict[str, Any]:
+    """A ControllerConfig as a result records it: without `state_file`, a path on the machine that
+    says nothing about the run (benchmarks give their controllers a fresh one, or none at all)."""
+    return {k: v for k, v in dataclasses.asdict(controller).items() if k != "state_file"}
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
