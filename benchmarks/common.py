@@ -90,7 +90,9 @@ def prepare(name: str, config: GenrecConfig, origin: int = 0) -> Prepared:
 
 # TrainConfig fields that change how a run is watched or evaluated, never the weights it ends with:
 # they stay out of the cache key, so that e.g. evaluating with train.exclude_history reuses the model.
-NOT_IN_MODEL_KEY = ("valid_users", "eval_every", "threads", "eval_batch_size", "exclude_history")
+# The value tilt is decode-time: the same weights serve every tilt (bench_value_pareto sweeps it).
+NOT_IN_MODEL_KEY = ("valid_users", "eval_every", "threads", "eval_batch_size", "exclude_history",
+                    "value_tilt")
 # Train settings added after models were cached: at these values they leave the key as it was, so
 # the cached models (half an hour each on Beauty) stay theirs.
 KEY_LEFT_OUT_AT = {"skip_latest": 0, "value_weight": 1.0}

@@ -44,7 +44,7 @@ def finetune_rspo(
         # A streamed run (rspo.examples=stream) reads the splits a bucket at a time.
         source = splits.path if cfg.rspo.examples == "stream" else read_parquet(splits.path)
         result = finetune(cfg, source, start, vsl_model.path, log=lambda line: print(line, flush=True))
-        save_rspo_model(model.path, result, start.item_ids, vsl_model.path)
+        save_rspo_model(model.path, result, start.item_ids, vsl_model.path, value_tilt=start.value_tilt)
     stats = load_model(model.path).manifest["rspo"]
     dataset = splits.metadata.get("dataset", "dataset")
     keys = ("recall@10", "ndcg@10", "value@10")

@@ -126,6 +126,7 @@ def evaluate(
     from genrec.evaluate import evaluate as evaluate_model
     from genrec.io import read_parquet
     from genrec.model.artefact import load_model
+    from genrec.model.value_tilt import value_tilt_note
     from genrec.train.data import evaluation_requests
     from genrec.train.report import evaluation_report
     from genrec.train.summaries import EVALUATION_TARGETS, summary_provider_for
@@ -149,14 +150,16 @@ def evaluate(
                                            split)
             results[split] = evaluate_model(trained.decoder, requests, trained.tables, cfg.train.beam_widths,
                                             cfg.train.top_k, cfg.train.eval_batch_size, provider,
-                                            exclude_history=cfg.train.exclude_history)
+                                            exclude_history=cfg.train.exclude_history,
+                                            value_tilt=trained.value_tilt)
     dataset = splits.metadata.get("dataset", "dataset")
     value_source = splits.metadata.get("value_source", "unknown")
     notes = [f"{dataset}: leave-one-out, full catalogue, all users; beam widths {cfg.train.beam_widths}, "
              f"top-{cfg.train.top_k}; decoder {trained.decoder.kind}"
              + ("; a user's own last items are never recommended (train.exclude_history)." if
                 cfg.train.exclude_history else "."),
-             f"Value@K uses the {value_source} value column (simulated bids where the data set has none)."]
+             f"Value@K uses the {value_source} value column (simulated bids where the data set has none).",
+             value_tilt_note(trained.value_tilt)]
     figures = {f"{split}_{k}": v for split, result in results.items() for k, v in result.items()}
     compared = compare_with(cfg, figures, baselines.path if baselines is not None else None)
     evaluation_report(results, notes, f"Evaluation: {dataset}", compared).save(report.path)

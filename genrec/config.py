@@ -259,13 +259,21 @@ class TrainConfig:
     # feedback after the model's snapshot would be, for RSPO to learn from (rspo.skip_latest=0).
     skip_latest: int = 0
     # VSL: each example's cross-entropy is weighted by its normalised value; off gives plain CE.
-    vsl: bool = True
+    # Off by default: value comes from the decode-time tilt (value_tilt), which on Beauty gave up
+    # less recall for the same value than VSL did (benchmarks/results/value_pareto_beauty.json).
+    vsl: bool = False
     # "log1p" (weight = log(1 + value) / mean) or "linear" (value / mean).
     value_transform: Literal["log1p", "linear"] = "log1p"
     # How much of the value weighting VSL applies: an example weighs (1 - w) + w * transform(value) /
     # mean, so 0 is plain cross-entropy, 1 is full VSL, and the mean weight stays 1 at every w. It is
     # the knob of the Value@10-against-Recall@10 curve (benchmarks/bench_value_pareto.py).
     value_weight: float = 1.0
+    # The value tilt the model is evaluated and served with (genrec.model.value_tilt): each request's
+    # final beam re-ranked by p(y) * ((1 - w) + w * value(y) / mean value). 0 is the likelihood
+    # ranking. 0.6 is the point chosen on Beauty's validation targets, on the likelihood-only model:
+    # test Value@10 +15.5% at Recall@10 -3.0% (value_pareto_beauty.json). The model artefact records
+    # it with its item-value table, so the gate judges the lists the predictor serves.
+    value_tilt: float = 0.6
     # An optional head that regresses the transformed value of the next item beside the codes.
     value_head: bool = False
     value_head_weight: float = 0.1
@@ -1212,6 +1220,9 @@ class GenrecConfig:
         if not 0.0 <= train.value_weight <= 1.0:
             raise ConfigError(f"train.value_weight must be in [0, 1] (0: plain cross-entropy, 1: full VSL), "
                               f"got {train.value_weight}")
+        if not 0.0 <= train.value_tilt <= 1.0:
+            raise ConfigError(f"train.value_tilt must be in [0, 1] (0: the likelihood ranking, 1: by "
+                              f"expected value), got {train.value_tilt}")
 
     def _check_sid(self) -> None:
         sid = self.sid

@@ -3,7 +3,8 @@
 Every request's top-K comes from the trie-constrained beam search over the whole catalogue (no
 sampled negatives, no candidate list). Recall@K (= hit rate, one target per user), NDCG@K, Value@K
 (the target's value when it is in the top K, else 0, averaged over users) and coverage@K (share of
-the catalogue that appears in at least one top-K list).
+the catalogue that appears in at least one top-K list). A model's value tilt, passed in, re-ranks the
+final beam as serving does (genrec.model.value_tilt).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from genrec.model.beam import TrieTables, beam_search
 from genrec.model.decoder import SidDecoder
+from genrec.model.value_tilt import ValueTilt
 from genrec.train.data import ExampleSet
 from genrec.train.summaries import SummaryProvider
 
@@ -51,11 +53,15 @@ def ranking_metrics(recommended: np.ndarray, targets: np.ndarray, values: np.nda
 @torch.inference_mode()
 def recommend(decoder: SidDecoder, requests: ExampleSet, tables: TrieTables, beam_widths: Sequence[int],
               top_k: int, batch_size: int, summaries: SummaryProvider | None = None,
-              device: torch.device | str = "cpu", exclude_history: bool = False
-              ) -> tuple[np.ndarray, np.ndarray]:
+              device: torch.device | str = "cpu", exclude_history: bool = False,
+              value_tilt: ValueTilt | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-K item rows and log-probs for every request, [n, K] each. Requests are batched by
     history length so that padding stays small. With `exclude_history` the items of a request's
-    context (its last R items) are never recommended to it."""
+    context (its last R items) are never recommended to it. With a `value_tilt` (the model
+    artefact's), the search returns its final beam and the tilt picks the K, as the predictor does;
+    the scores are then the tilted ones."""
+    tilt = value_tilt if value_tilt is not None and value_tilt.applies else None
+    pool = tilt.pool(top_k, list(beam_widths)) if tilt is not None else top_k
     was_training = decoder.training
     decoder.eval()
     items = np.full((len(requests), top_k), -1, dtype=np.int64)
@@ -69,10 +75,13 @@ def recommend(decoder: SidDecoder, requests: ExampleSet, tables: TrieTables, bea
         if summaries is not None:
             summary = torch.as_tensor(summaries(requests.users[index], requests.cutoffs[index]),
                                       dtype=torch.float32, device=device)
-        result = beam_search(decoder, decoder.embed_context(recent, summary), tables, beam_widths, top_k,
+        result = beam_search(decoder, decoder.embed_context(recent, summary), tables, beam_widths, pool,
                              exclude=recent if exclude_history else None)
-        items[index] = result.items.cpu().numpy()
-        scores[index] = result.scores.cpu().numpy()
+        found, found_scores = result.items.cpu().numpy(), result.scores.cpu().numpy()
+        if tilt is not None:
+            found, found_scores = tilt.rerank(found, found_scores, top_k)
+        items[index] = found
+        scores[index] = found_scores
     decoder.train(was_training)
     return items, scores
 
@@ -80,9 +89,9 @@ def recommend(decoder: SidDecoder, requests: ExampleSet, tables: TrieTables, bea
 def evaluate(decoder: SidDecoder, requests: ExampleSet, tables: TrieTables, beam_widths: Sequence[int],
              top_k: int, batch_size: int, summaries: SummaryProvider | None = None,
              cutoffs: Sequence[int] = CUTOFFS, device: torch.device | str = "cpu",
-             exclude_history: bool = False) -> dict[str, float]:
+             exclude_history: bool = False, value_tilt: ValueTilt | None = None) -> dict[str, float]:
     if top_k < max(cutoffs):
         raise ValueError(f"top_k {top_k} is below the largest cutoff {max(cutoffs)}")
     items, _ = recommend(decoder, requests, tables, beam_widths, top_k, batch_size, summaries, device,
-                         exclude_history)
+                         exclude_history, value_tilt)
     return ranking_metrics(items, requests.targets, requests.values, decoder.item_codes.shape[0], cutoffs)

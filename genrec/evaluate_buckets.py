@@ -110,7 +110,8 @@ def evaluate_bucket(task: BucketTask) -> dict[str, MetricSums]:
     for split in SPLITS:
         requests = evaluation_requests(frame, item_index, trained.decoder.config.recent_items, split)
         items, _ = recommend(trained.decoder, requests, trained.tables, task.beam_widths, task.top_k,
-                             task.batch_size, exclude_history=task.exclude_history)
+                             task.batch_size, exclude_history=task.exclude_history,
+                             value_tilt=trained.value_tilt)
         out[split] = MetricSums.of(items, requests.targets, requests.values, catalogue)
     return out
 

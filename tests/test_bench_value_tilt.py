@@ -1,10 +1,8 @@
 """The value tilt of bench_value_tilt: a re-ranking of the model's own candidates."""
 
 import numpy as np
-import pandas as pd
 
 from benchmarks.bench_value_tilt import tilted
-from genrec.model.value_tilt import item_value_table as item_values
 
 
 def test_tilt_reorders_by_log_prob_plus_alpha_log_value() -> None:
@@ -16,8 +14,3 @@ def test_tilt_reorders_by_log_prob_plus_alpha_log_value() -> None:
     assert tilted(items, scores, values, 1.0)[0, :4].tolist() == [2, 1, 0, -1]
     # alpha 0.25: keys -1, -1.25, -2 -> unchanged order (the tilt is too small to pass anyone).
     assert tilted(items, scores, values, 0.25)[0, :3].tolist() == [0, 1, 2]
-
-
-def test_item_values_are_medians_per_codebook_row() -> None:
-    splits = pd.DataFrame({"item_id": ["a", "a", "a", "b", "z"], "value": [1.0, 3.0, 10.0, 2.0, 7.0]})
-    assert item_values(splits, np.array(["b", "a", "c"])).tolist() == [2.0, 3.0, 0.0]

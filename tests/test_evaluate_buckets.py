@@ -54,7 +54,7 @@ def test_ray_evaluation_per_bucket_equals_the_one_process_evaluation(tmp_path: P
     reference = {split: evaluate(trained.decoder, evaluation_requests(frame, trained.item_ids,
                                                                       trained.decoder.config.recent_items, split),
                                  trained.tables, config.train.beam_widths, config.train.top_k,
-                                 config.train.eval_batch_size)
+                                 config.train.eval_batch_size, value_tilt=trained.value_tilt)
                  for split in ("valid", "test")}
     distributed = evaluate_partitioned(config, splits, tmp_path / "model")
     for split in ("valid", "test"):
@@ -63,6 +63,8 @@ def test_ray_evaluation_per_bucket_equals_the_one_process_evaluation(tmp_path: P
         for name, value in reference[split].items():
             assert distributed[split][name] == pytest.approx(value, rel=1e-9), (split, name)
     assert reference["test"]["recall@10"] > 0
+    # The default tilt is in force on both sides: a Ray task ranks as the predictor would.
+    assert trained.value_tilt is not None and trained.value_tilt.weight == config.train.value_tilt > 0
 
 
 def test_the_ray_evaluation_refuses_a_model_that_reads_summaries() -> None:

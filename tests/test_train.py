@@ -112,7 +112,7 @@ def test_vsl_weights_average_one_and_follow_value() -> None:
 
 def test_vsl_weights_the_loss(splits, tmp_path: Path) -> None:
     codebook = tiny_codebook()
-    config = tiny_config()
+    config = tiny_config(vsl=True)
     data = TrainingData.from_splits(splits, codebook.item_ids, codebook.codes, codebook.level_sizes, config)
     on = Trainer(config, data, tmp_path / "on")
     off_config = tiny_config(vsl=False)
@@ -124,9 +124,9 @@ def test_vsl_weights_the_loss(splits, tmp_path: Path) -> None:
 def test_value_weight_mixes_plain_and_full_vsl(splits, tmp_path: Path) -> None:
     codebook = tiny_codebook()
     data = TrainingData.from_splits(splits, codebook.item_ids, codebook.codes, codebook.level_sizes, tiny_config())
-    full = Trainer(tiny_config(), data, tmp_path / "full").weights
-    none = Trainer(tiny_config(value_weight=0.0), data, tmp_path / "none").weights
-    half = Trainer(tiny_config(value_weight=0.5), data, tmp_path / "half").weights
+    full = Trainer(tiny_config(vsl=True), data, tmp_path / "full").weights
+    none = Trainer(tiny_config(vsl=True, value_weight=0.0), data, tmp_path / "none").weights
+    half = Trainer(tiny_config(vsl=True, value_weight=0.5), data, tmp_path / "half").weights
     # The simple reference: the average of plain cross-entropy's weights and full VSL's.
     assert np.allclose(none, 1.0)
     assert np.allclose(half, (full + 1.0) / 2) and half.mean() == pytest.approx(1.0)

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from genrec.model.value_tilt import item_value_table, mean_positive, tilted_top_k
+from genrec.data.partitioned import write_partitioned
+from genrec.data.split import leave_one_out
+from genrec.model.value_tilt import (
+    ValueTilt,
+    item_value_table,
+    mean_positive,
+    tilt,
+    tilted_top_k,
+    training_item_values,
+)
+from tests.conftest import make_log
 
 
 def reference_top_k(items: np.ndarray, scores: np.ndarray, values: np.ndarray, weight: float, mean: float,
@@ -50,8 +61,41 @@ def test_full_tilt_ranks_by_expected_value_and_bad_input_is_refused() -> None:
         tilted_top_k(items, scores, values, 1.5, 2.0, 2)
 
 
-def test_item_values_are_the_medians_of_their_interactions() -> None:
-    frame = pd.DataFrame({"item_id": ["a", "a", "a", "b", "zzz"], "value": [1.0, 3.0, 5.0, 2.0, 9.0]})
+def test_item_values_are_the_means_of_their_interactions_and_an_unseen_item_is_untilted() -> None:
+    frame = pd.DataFrame({"item_id": ["a", "a", "a", "b", "zzz"], "value": [1.0, 3.0, 8.0, 2.0, 9.0]})
     values = item_value_table(frame, np.array(["b", "a", "c"]))
-    assert values.tolist() == [2.0, 3.0, 0.0]
-    assert mean_positive(values) == 2.5 and mean_positive(np.zeros(3)) == 1.0
+    # "c" has no interaction: it gets the mean of the others, a tilt factor of exactly 1.
+    assert values.tolist() == [2.0, 4.0, 3.0]
+    assert tilt(values[2:], 0.7, mean_positive(values[:2]))[0] == pytest.approx(0.0, abs=1e-12)
+    assert mean_positive(values) == 3.0 and mean_positive(np.zeros(3)) == 1.0
+
+
+def test_training_values_read_the_training_rows_alike_from_a_frame_a_file_and_partitions(tmp_path: Path
+                                                                                        ) -> None:
+    splits = leave_one_out(make_log(users=40, items=30, per_user=7))
+    item_ids = np.array([f"i{i}" for i in range(32)])  # i30, i31: never interacted with
+    train = splits[splits["split"] == "train"]
+    reference = [train.loc[train["item_id"] == item, "value"].mean() for item in item_ids]
+    seen = np.isfinite(reference)
+    expected = np.where(seen, reference, np.mean(np.asarray(reference)[seen]))
+    from_frame = training_item_values(splits, item_ids)
+    np.testing.assert_allclose(from_frame, expected, rtol=1e-12)
+    splits.to_parquet(tmp_path / "splits.parquet", index=False)
+    (tmp_path / "parts").mkdir()
+    write_partitioned(splits, tmp_path / "parts", 4)
+    np.testing.assert_allclose(training_item_values(tmp_path / "splits.parquet", item_ids), from_frame, rtol=1e-12)
+    np.testing.assert_allclose(training_item_values(tmp_path / "parts", item_ids), from_frame, rtol=1e-12)
+    # Not the valid/test rows: changing a test row's value leaves the table as it was.
+    changed = splits.copy()
+    changed.loc[changed["split"] == "test", "value"] = 1e6
+    np.testing.assert_array_equal(training_item_values(changed, item_ids), from_frame)
+
+
+def test_a_narrow_beam_is_reordered_and_padded_never_refused() -> None:
+    values = np.array([1.0, 4.0, 1.0, 2.0])
+    tilted = ValueTilt.from_values(1.0, values)
+    items, scores = tilted.rerank(np.array([[0, 1, 2]]), np.log(np.array([[0.5, 0.3, 0.2]])), top_k=5)
+    assert items.tolist() == [[1, 0, 2, -1, -1]] and np.isneginf(scores[0, 3:]).all()
+    assert tilted.pool(10, [4]) == 10 and tilted.pool(10, [16, 32]) == 32
+    with pytest.raises(ValueError, match="train.value_tilt"):
+        ValueTilt.from_values(1.2, values)

@@ -5,6 +5,7 @@
 | `model.pt` | the decoder's state dict (item SIDs included, as a buffer) |
 | `model.json` | format, decoder kind, ModelConfig, level sizes, summary size, value transform, notes |
 | `items.json` | item ids in codebook row order (row i is the item the decoder calls i) |
+| `item_values.npy` | each item's value, for the value tilt the manifest's `value_tilt` names (optional) |
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from genrec.config import GenrecConfig
 from genrec.io import atomic_path
 from genrec.model.beam import TrieTables, beam_search
 from genrec.model.decoder import PAD_ITEM, SidDecoder, SidSpace, build_decoder
+from genrec.model.value_tilt import ValueTilt
 from genrec.sid.trie import SidTrie
 
 FORMAT_VERSION = 1
@@ -40,6 +42,8 @@ class TrainedModel:
     decoder: SidDecoder
     item_ids: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict)
+    # The decode-time re-ranking by value this model is evaluated and served with (None: none).
+    value_tilt: ValueTilt | None = None
 
     def __post_init__(self) -> None:
         self.item_ids = np.asarray(self.item_ids).astype(str)
@@ -68,14 +72,22 @@ class TrainedModel:
         summary = None if summaries is None else torch.as_tensor(summaries, dtype=torch.float32,
                                                                   device=self.decoder.item_codes.device)
         context = self.decoder.embed_context(self.history_rows(histories), summary)
-        result = beam_search(self.decoder, context, self.tables, beam_widths, top_k)
-        return [[(str(self.item_ids[i]), float(s)) for i, s in zip(items, scores) if i >= 0]
-                for items, scores in zip(result.items.tolist(), result.scores.tolist())]
+        tilt = self.value_tilt if self.value_tilt is not None and self.value_tilt.applies else None
+        pool = tilt.pool(top_k, list(beam_widths)) if tilt is not None else top_k
+        result = beam_search(self.decoder, context, self.tables, beam_widths, pool)
+        items, scores = result.items.cpu().numpy(), result.scores.cpu().numpy()
+        if tilt is not None:
+            items, scores = tilt.rerank(items, scores, top_k)
+        return [[(str(self.item_ids[i]), float(s)) for i, s in zip(row_items, row_scores) if i >= 0]
+                for row_items, row_scores in zip(items.tolist(), scores.tolist())]
 
 
 def save_model(folder: str | Path, decoder: SidDecoder, item_ids: np.ndarray,
-               extra: dict[str, Any] | None = None) -> Path:
+               extra: dict[str, Any] | None = None, value_tilt: ValueTilt | None = None) -> Path:
     folder = Path(folder)
+    if value_tilt is not None and len(value_tilt.item_values) != int(decoder.item_codes.shape[0]):
+        raise ValueError(f"the value tilt's table has {len(value_tilt.item_values)} items, the decoder "
+                         f"{int(decoder.item_codes.shape[0])}: build it from this codebook's item ids")
     manifest = {
         "format": FORMAT_VERSION,
         "decoder": decoder.kind,
@@ -88,11 +100,15 @@ def save_model(folder: str | Path, decoder: SidDecoder, item_ids: np.ndarray,
         "parameters": sum(p.numel() for p in decoder.parameters()),
         **(extra or {}),
     }
+    if value_tilt is not None:
+        manifest["value_tilt"] = value_tilt.manifest()
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         torch.save({k: v.detach().cpu() for k, v in decoder.state_dict().items()}, tmp / MODEL_FILE)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
         (tmp / ITEMS_FILE).write_text(json.dumps([str(i) for i in item_ids]))
+        if value_tilt is not None:
+            value_tilt.save(tmp)
     return folder
 
 
@@ -132,8 +148,14 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Traine
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelArtefactError(f"{folder / MODEL_FILE} does not match {MANIFEST_FILE} ({first}): the "
                                  "folder mixes two models or was edited; copy it again or retrain") from exc
+    value_tilt = None
+    if manifest.get("value_tilt") is not None:
+        try:
+            value_tilt = ValueTilt.load(folder, manifest["value_tilt"], len(items))
+        except ValueError as exc:
+            raise ModelArtefactError(f"{folder / MANIFEST_FILE}: {exc}") from exc
     decoder.to(device).eval()
-    return TrainedModel(decoder, np.asarray(items), manifest)
+    return TrainedModel(decoder, np.asarray(items), manifest, value_tilt)
 
 
 def _read_json(path: Path, kind: type) -> Any:

@@ -67,7 +67,8 @@ class SearchBatch:
 @dataclass(frozen=True)
 class SearchOutput:
     items: np.ndarray  # [B, top_k] item rows, -1 where fewer exist
-    scores: np.ndarray  # [B, top_k] log-probabilities
+    # [B, top_k] log-probabilities, plus the value tilt's log-factor where the model has one.
+    scores: np.ndarray
     passes: int  # decoder passes (levels, or DARE's verify passes)
     draft_tokens: int
     accepted_tokens: int
@@ -99,19 +100,28 @@ class BeamSearcher:
                 raise ValueError("this model reads summary tokens: the batch must carry them")
             model_summary = torch.as_tensor(batch.summaries, dtype=torch.float32, device=self.device)
         context = self.decoder.embed_context(recent, model_summary)
+        # The model's value tilt (as the evaluate step applies it): the search returns the rung's
+        # final beam, the tilt picks the top K. A narrow rung leaves it less to choose from.
+        tilt = self.model.value_tilt if self.model.value_tilt is not None and self.model.value_tilt.applies \
+            else None
+        found = tilt.pool(batch.top_k, batch.widths) if tilt is not None else batch.top_k
         if self.pool is None or not self.config.dare:
             exclude = None if batch.exclude is None else torch.as_tensor(batch.exclude, dtype=torch.long)
-            result = beam_search(self.decoder, context, self.model.tables, batch.widths, batch.top_k,
+            result = beam_search(self.decoder, context, self.model.tables, batch.widths, found,
                                  exclude=exclude)
-            return SearchOutput(result.items.cpu().numpy(), result.scores.cpu().numpy(), self.decoder.levels,
-                                0, 0)
-        clusters = cluster_of_requests(self.pool, self.decoder, recent,
-                                       batch.summaries if batch.cluster_by_summary else None)
-        result, stats = dare_beam_search(self.decoder, context, self.model.tables, batch.widths, batch.top_k,
-                                         self.pool, clusters.tolist(), self.config.dare_drafts,
-                                         self.config.dare_top_k, self.config.dare_min_prob)
-        return SearchOutput(result.items.cpu().numpy(), result.scores.cpu().numpy(),
-                            max(stats.passes, default=0), stats.draft_tokens, stats.accepted_tokens)
+            passes, draft_tokens, accepted_tokens = self.decoder.levels, 0, 0
+        else:
+            clusters = cluster_of_requests(self.pool, self.decoder, recent,
+                                           batch.summaries if batch.cluster_by_summary else None)
+            result, stats = dare_beam_search(self.decoder, context, self.model.tables, batch.widths, found,
+                                             self.pool, clusters.tolist(), self.config.dare_drafts,
+                                             self.config.dare_top_k, self.config.dare_min_prob)
+            passes, draft_tokens, accepted_tokens = (max(stats.passes, default=0), stats.draft_tokens,
+                                                     stats.accepted_tokens)
+        items, scores = result.items.cpu().numpy(), result.scores.cpu().numpy()
+        if tilt is not None:
+            items, scores = tilt.rerank(items, scores, batch.top_k)
+        return SearchOutput(items, scores, passes, draft_tokens, accepted_tokens)
 
     def close(self) -> None:
         """Nothing to release: the model belongs to the caller."""

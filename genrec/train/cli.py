@@ -132,5 +132,5 @@ def rspo(
             trained = load_model(source)
             outcome = finetune(cfg, _read_parquet(splits, "--splits"), trained, source, log, on_step)
             folder = next_version_dir(models_dir or source.parent, cfg.rspo)
-            save_rspo_model(folder, outcome, trained.item_ids, source)
+            save_rspo_model(folder, outcome, trained.item_ids, source, value_tilt=trained.value_tilt)
     console.print(f"[green]new model version[/]: {folder}  (started from {source}, which is unchanged)")

@@ -14,6 +14,7 @@ import pandas as pd
 from genrec.config import GenrecConfig
 from genrec.io import read_parquet
 from genrec.model.artefact import save_model
+from genrec.model.value_tilt import ValueTilt, training_item_values
 from genrec.sid.codebook import Codebook
 from genrec.train.distributed import Distributed, init_distributed, shutdown
 from genrec.train.loop import Trainer, TrainingData, TrainResult
@@ -33,6 +34,7 @@ def training_record(result: TrainResult, config: GenrecConfig) -> dict[str, Any]
         "vsl": config.train.vsl,
         "value_transform": config.train.value_transform,
         "value_weight": config.train.value_weight,
+        "value_tilt": config.train.value_tilt,
         **result.stats,
     }
 
@@ -67,8 +69,11 @@ def run_training(config: GenrecConfig, splits: pd.DataFrame | str | Path, codebo
         data = training_data(config, splits, codebook, summaries, dist)
         result = Trainer(config, data, work_dir, dist, log).fit(stop_after_steps)
         if dist.is_main and model_dir is not None:
+            # One more pass over the training rows' item and value columns (two numbers per item).
+            values = training_item_values(splits, codebook.item_ids)
+            tilt = ValueTilt.from_values(config.train.value_tilt, values)
             save_model(model_dir, result.decoder, codebook.item_ids,
-                       extra={"training": training_record(result, config)})
+                       extra={"training": training_record(result, config)}, value_tilt=tilt)
         dist.barrier()
         return result
     finally:

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         result = finetune(config, args.splits, start, args.vsl_model,
                           log=lambda line: print(line, flush=True), dist=dist)
         if dist.is_main:
-            save_rspo_model(args.model_dir, result, start.item_ids, args.vsl_model)
+            save_rspo_model(args.model_dir, result, start.item_ids, args.vsl_model,
+                            value_tilt=start.value_tilt)
         dist.barrier()
     finally:
         shutdown(dist)

@@ -213,6 +213,6 @@ def continual_update(config: GenrecConfig, model_dir: str | Path, feedback: pd.D
              "train_seconds": time.perf_counter() - started, "config": dataclasses.asdict(rspo)}
     result = RspoResult(trainer.policy, trainer.reference.state_dict(), state, curve, stats)
     folder = next_version_dir(models_dir if models_dir is not None else model_dir.parent, rspo)
-    save_rspo_model(folder, result, model.item_ids, model_dir, pending)
+    save_rspo_model(folder, result, model.item_ids, model_dir, pending, model.value_tilt)
     log(f"wrote {folder} ({total} steps; served model {model_dir} untouched)")
     return UpdateResult(folder, trained, len(requests) - trained, dropped, total)

@@ -19,6 +19,7 @@ from genrec.config import RspoConfig
 from genrec.io import atomic_path
 from genrec.model.artefact import TrainedModel, save_model
 from genrec.model.decoder import SidDecoder
+from genrec.model.value_tilt import ValueTilt
 
 REFERENCE_FILE = "rspo_reference.pt"
 
@@ -71,12 +72,13 @@ def latest_version_dir(models_dir: str | Path, config: RspoConfig) -> Path | Non
 
 
 def save_rspo_model(folder: str | Path, result: RspoResult, item_ids: np.ndarray, parent: str | Path | None,
-                    pending: pd.DataFrame | None = None) -> Path:
+                    pending: pd.DataFrame | None = None, value_tilt: ValueTilt | None = None) -> Path:
     """The model folder serving loads (model.pt, model.json, items.json) plus what the next update
-    needs: pi_ref's weights, the optimiser state and any pending feedback. Written atomically."""
+    needs: pi_ref's weights, the optimiser state and any pending feedback. Written atomically.
+    `value_tilt`: the parent's, which a fine-tuned policy keeps (the catalogue's values are the same)."""
     record = {**result.stats, "curve": result.curve, "parent": str(parent) if parent else None}
     with atomic_path(folder) as tmp:
-        save_model(tmp, result.policy, item_ids, extra={"rspo": record})
+        save_model(tmp, result.policy, item_ids, extra={"rspo": record}, value_tilt=value_tilt)
         torch.save({k: v.detach().cpu() for k, v in result.reference_state.items()}, tmp / REFERENCE_FILE)
         torch.save(result.trainer_state, tmp / STATE_FILE)
         if pending is not None and len(pending):
