@@ -41,7 +41,7 @@ from benchmarks.harness import save_result
 from genrec.config import GenrecConfig
 from genrec.evaluate import hit_ranks, ranking_metrics, recommend, user_terms
 from genrec.model.artefact import TrainedModel
-from genrec.model.value_tilt import item_value_table, mean_positive, tilted_top_k
+from genrec.model.value_tilt import ValueTilt, training_item_values
 from genrec.train.data import evaluation_requests
 
 # The target the shipped default must meet against the likelihood-only recipe (issue 25): Recall@10
@@ -73,10 +73,10 @@ def scored(model: TrainedModel, prepared: Any, config: GenrecConfig, split: str,
     pool = max(config.train.top_k, widths[-1])
     items, scores = recommend(model.decoder, requests, model.tables, widths, pool,
                               config.train.eval_batch_size, exclude_history=exclude)
-    mean_value = mean_positive(item_values)
     out = []
     for weight in tilts:
-        top, _ = tilted_top_k(items, scores, item_values, weight, mean_value, config.train.top_k)
+        # The shipped re-ranking (what the evaluate step and the predictor run on a model's tilt).
+        top, _ = ValueTilt.from_values(weight, item_values).rerank(items, scores, config.train.top_k)
         figures = ranking_metrics(top, requests.targets, requests.values, model.decoder.item_codes.shape[0])
         out.append((figures, user_terms(hit_ranks(top, requests.targets), requests.values, CUTOFF)))
     return out
@@ -101,7 +101,8 @@ def measure(recipe: Recipe, weights: list[float], tilts: list[float], allow_trai
         config = recipe.config(*weight_overrides(weight))
         model = cached_model(prepared, config, allow_train)
         training = model.manifest["training"]
-        item_values = item_value_table(prepared.splits, model.item_ids)
+        # The table the train step writes into the artefact: the training rows' mean value per item.
+        item_values = training_item_values(prepared.splits, model.item_ids)
         widths = beam or config.train.beam_widths
         by_protocol = {label: scored(model, prepared, config, split, exclude, tilts, item_values, widths)
                        for label, split, exclude in PROTOCOLS}

@@ -49,9 +49,15 @@ def test_local_run_then_cached_rerun(small_config: GenrecConfig) -> None:
     registry = LocalRegistry(small_config.deploy.registry_dir)
     assert first.metrics()["gate"]["promote"] == 1.0 and registry.versions() == ["v0001"]
     # `make run`'s training goes through torchrun, as a TrainJob node's does.
+    from genrec.deploy.bundle import MODEL_DIR
     from genrec.model.artefact import load_model
 
     assert load_model(first.outputs["vsl_model"].path).manifest["training"]["launched_by_torchrun"]
+    # The promoted model (RSPO's, when it runs) carries the default value tilt the predictor serves,
+    # and the evaluation that promoted it says it ranked with it.
+    promoted = load_model(registry.models / "v0001" / MODEL_DIR)
+    assert promoted.value_tilt is not None and promoted.value_tilt.weight == small_config.train.value_tilt > 0
+    assert "re-ranked by value tilt 0.6" in Path(first.reports()["evaluation_report"]).read_text()
     second = run_local(small_config)
     # Every step but the gate and the deploy step (they act on the deployed model) comes from the cache.
     uncached = {"gate-model", "deploy-model", "condition-1"}
