@@ -113,6 +113,18 @@ class SynthConfig:
     # max_history_days: a heavy user's sessions come closer together.
     start_spread_days: float = 30.0
     max_history_days: float = 90.0
+    # Long-term interests that return after long gaps (docs/synth.md), for logs where the distant
+    # past carries signal the last items miss; 0 keeps the home-category model above. Each user holds
+    # `interests` categories, each with a personal pool of `interest_pool_items` favourite items.
+    # Events come in episodes of one interest, of geometric length with mean episode_mean_events,
+    # each episode's interest drawn uniformly from the user's. Within an episode an event is a pool
+    # item with probability interest_pool_share, else a popular item of the interest's category;
+    # background_share of all events follow global popularity instead.
+    interests: int = 0
+    interest_pool_items: int = 8
+    episode_mean_events: float = 4.0
+    interest_pool_share: float = 0.7
+    background_share: float = 0.1
     # Output: one parquet file per bucket of users (by hash), about this many events per bucket; the
     # generator holds about one chunk of this many events in memory at a time.
     events_per_bucket: int = 2_000_000
@@ -1042,7 +1054,11 @@ class GenrecConfig:
         for name in ("categories", "min_events", "events_per_bucket", "events_per_chunk"):
             if getattr(synth, name) < 1:
                 raise ConfigError(f"synth.{name} must be at least 1")
-        for name in ("home_category_share", "session_start_probability", "ultra_max_share"):
+        if synth.interests < 0 or synth.interest_pool_items < 1 or synth.episode_mean_events < 1:
+            raise ConfigError("synth.interests must be >= 0 (0: no long-term interests), "
+                              "synth.interest_pool_items and synth.episode_mean_events at least 1")
+        for name in ("home_category_share", "session_start_probability", "ultra_max_share",
+                     "interest_pool_share", "background_share"):
             if not 0 <= getattr(synth, name) <= 1:
                 raise ConfigError(f"synth.{name} must be in [0, 1]")
         if synth.ultra_users < 0 or synth.ultra_events < 0 or synth.length_sigma < 0 \

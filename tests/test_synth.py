@@ -116,3 +116,36 @@ def test_no_two_events_of_a_user_share_a_time(tmp_path: Path) -> None:
     frame = pd.read_parquet(tmp_path / "log" / INTERACTIONS_DIR)
     assert frame.groupby("user_id")["timestamp"].apply(lambda t: t.is_monotonic_increasing and t.is_unique).all()
     assert not frame.duplicated(["user_id", "item_id", "timestamp"]).any()
+
+
+def far_past_share(folder: Path, window: int) -> tuple[float, float]:
+    """Of each user's last event: the share whose item the user had before but not in the `window`
+    events before it, and the share whose item is in that window."""
+    log = pd.read_parquet(folder / INTERACTIONS_DIR)
+    far = near = 0
+    users = log.groupby("user_id", sort=False)["item_id"]
+    for items in users:
+        *history, target = items[1].tolist()
+        near += target in history[-window:]
+        far += target not in history[-window:] and target in history
+    return far / users.ngroups, near / users.ngroups
+
+
+def test_long_term_interests_put_signal_beyond_the_last_20_items(tmp_path: Path) -> None:
+    """The long-history log of issue 26 (docs/synth.md): with interests that return after other
+    episodes, more of a user's next items are favourites last seen beyond their latest 20 events
+    than under the home-category model, at the same sizes and seed."""
+    sizes = {"events_per_user": 200, "events_per_item": 50, "length_sigma": 0.5, "ultra_users": 0,
+             "min_events": 20}
+    generate(200_000, tmp_path / "home", seed=3, config=SynthConfig(**sizes))
+    long_term = SynthConfig(**sizes, interests=12, episode_mean_events=3, interest_pool_items=6,
+                            interest_pool_share=0.8)
+    generate(200_000, tmp_path / "interests", seed=3, config=long_term)
+    home_far, _ = far_past_share(tmp_path / "home", 20)
+    interest_far, _ = far_past_share(tmp_path / "interests", 20)
+    assert interest_far > home_far + 0.05 and interest_far > 0.2
+    # Every event of the interest model is a catalogue item, and the log is as deterministic as ever.
+    catalogue = pd.read_parquet(tmp_path / "interests" / CATALOGUE_FILE)
+    assert set(pd.read_parquet(tmp_path / "interests" / INTERACTIONS_DIR)["item_id"]) <= set(catalogue["item_id"])
+    generate(200_000, tmp_path / "again", seed=3, config=long_term)
+    assert digest(tmp_path / "again") == digest(tmp_path / "interests")

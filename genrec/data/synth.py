@@ -213,6 +213,39 @@ def generate(events: int, output: str | Path, seed: int, config: SynthConfig,
     return summary
 
 
+def _in_category(catalogue: Catalogue, categories: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One item per entry of `categories`, drawn by popularity within that category."""
+    keys = categories + rng.random(len(categories))
+    return catalogue.category_order[np.minimum(np.searchsorted(catalogue.category_keys, keys, side="right"),
+                                               len(catalogue.category_keys) - 1)]
+
+
+def _interest_items(users: np.ndarray, counts: np.ndarray, catalogue: Catalogue, config: SynthConfig,
+                    rng: np.random.Generator) -> np.ndarray:
+    """The items of the long-term-interest model (docs/synth.md) for these users' events, in order.
+    Only the chunk's users' interests and pools are held: (users x interests x pool) items."""
+    n, interests, pool = int(counts.sum()), config.interests, config.interest_pool_items
+    # Each user's interests: categories by their share of popularity (a repeat is one stronger interest).
+    categories = rng.choice(len(catalogue.category_mass), (len(users), interests), p=catalogue.category_mass)
+    pools = _in_category(catalogue, np.repeat(categories.ravel(), pool), rng).reshape(
+        len(users), interests, pool)
+    local_user = np.repeat(np.arange(len(users)), counts)
+    first_of_user = np.r_[0, np.cumsum(counts)[:-1]]
+    # Episodes: each event starts a new one with probability 1 / mean (a user's first always does).
+    starts = rng.random(n) < 1.0 / config.episode_mean_events
+    starts[first_of_user] = True
+    episode_interest = rng.integers(0, interests, int(starts.sum()))
+    interest = episode_interest[np.cumsum(starts) - 1]
+    from_pool = rng.random(n) < config.interest_pool_share
+    items = _in_category(catalogue, categories[local_user, interest], rng)
+    slot = rng.integers(0, pool, int(from_pool.sum()))
+    items[from_pool] = pools[local_user[from_pool], interest[from_pool], slot]
+    background = rng.random(n) < config.background_share
+    items[background] = np.searchsorted(catalogue.global_cdf, rng.random(int(background.sum()))
+                                        * catalogue.global_cdf[-1], side="right")
+    return items
+
+
 def _chunks(lengths: np.ndarray, events_per_chunk: int) -> list[np.ndarray]:
     """Consecutive runs of users with about `events_per_chunk` events each (a longer user alone)."""
     cumulative = np.cumsum(lengths)
@@ -228,12 +261,13 @@ def _chunk(users: np.ndarray, lengths: np.ndarray, catalogue: Catalogue, home: n
     counts = lengths[users]
     user = np.repeat(users, counts)
     n = len(user)
-    # Items: a share from the user's home category, the rest by global popularity.
-    items = np.searchsorted(catalogue.global_cdf, rng.random(n) * catalogue.global_cdf[-1], side="right")
-    at_home = rng.random(n) < config.home_category_share
-    keys = home[user[at_home]] + rng.random(int(at_home.sum()))
-    items[at_home] = catalogue.category_order[np.minimum(
-        np.searchsorted(catalogue.category_keys, keys, side="right"), len(catalogue.category_keys) - 1)]
+    if config.interests > 0:
+        items = _interest_items(users, counts, catalogue, config, rng)
+    else:
+        # Items: a share from the user's home category, the rest by global popularity.
+        items = np.searchsorted(catalogue.global_cdf, rng.random(n) * catalogue.global_cdf[-1], side="right")
+        at_home = rng.random(n) < config.home_category_share
+        items[at_home] = _in_category(catalogue, home[user[at_home]], rng)
     items = np.minimum(items, len(catalogue.value) - 1)
     # Time: sessions of short gaps separated by long ones, from each user's own start; a heavy user's
     # gaps shrink so that no history spans more than max_history_days.
