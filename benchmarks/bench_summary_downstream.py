@@ -72,7 +72,7 @@ def summary_repo(prepared: Prepared, config: GenrecConfig) -> tuple[Path, dict[s
     """The summariser (trained on the training split) and its Feast repo, cached by what made them:
     the data set and the VISTA config (the store's settings do not change a summary)."""
     key = cache_key(prepared.name, dataclasses.asdict(config.vista))
-    folder = CACHE / f"vista-{NAME}-{key}"
+    folder = CACHE / f"vista-{prepared.name}-{key}"
     model_path, repo_dir = folder / "summarizer.pt", folder / "repo"
     if not model_path.is_file():
         started = time.perf_counter()

@@ -35,7 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 CACHE = Path(os.environ.get("GENREC_BENCH_CACHE", "~/.cache/genrec/bench")).expanduser()
 
-DATASETS = {"beauty": "amazon-beauty", "movielens": "movielens-100k", "scientific": "amazon-scientific"}
+DATASETS = {"beauty": "amazon-beauty", "movielens": "movielens-100k", "scientific": "amazon-scientific",
+            "synth_long": "synthetic long-term-interest log"}
+# Data sets the benchmarks generate with `genrec data synth` (its `synth` section from the recipe):
+# name -> (events, seed). The log is cached by what made it, like a split.
+SYNTHETIC = {"synth_long": (400_000, 1)}
 
 # The training recipe per data set: configs/recipes/quality_<dataset>.yaml (the VSL reference model
 # the RSPO, DARE and serving benchmarks build on).
@@ -67,7 +71,7 @@ def prepare(name: str, config: GenrecConfig, origin: int = 0) -> Prepared:
     """Ingest + split + codebook (cached by data set and SidConfig). `origin` > 0 leaves each user's
     latest `origin` interactions out before the split (genrec.data.split.drop_latest), so its test
     target is an earlier item; the codebook is then built on that split's training rows."""
-    config.data.dataset = DATASETS[name]
+    config.data.dataset = synthetic_log(name, config) if name in SYNTHETIC else DATASETS[name]
     config.data.shared_data_dir = str(SHARED)
     # Origin 0 keeps the key it had before origins existed, so its cached splits and models stay.
     key = cache_key(dataclasses.asdict(config.data), dataclasses.asdict(config.bids),
@@ -86,6 +90,18 @@ def prepare(name: str, config: GenrecConfig, origin: int = 0) -> Prepared:
         build_codebook(pd.read_parquet(folder / "catalogue.parquet"), splits, config.sid).save(codebook_dir)
     return Prepared(name, splits, Codebook.load(codebook_dir), (folder / "value_source.txt").read_text(),
                     folder / "splits.parquet", codebook_dir)
+
+
+def synthetic_log(name: str, config: GenrecConfig) -> str:
+    """The folder of a SYNTHETIC data set's log, generated once (`genrec data synth` with the config's
+    `synth` section) under the cache."""
+    from genrec.data.synth import generate
+
+    events, seed = SYNTHETIC[name]
+    folder = CACHE / f"synth-{name}-{cache_key(events, seed, dataclasses.asdict(config.synth))}"
+    if not folder.is_dir():
+        generate(events, folder, seed, config.synth)
+    return str(folder)
 
 
 # TrainConfig fields that change how a run is watched or evaluated, never the weights it ends with:
