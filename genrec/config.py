@@ -121,6 +121,11 @@ class SynthConfig:
     # item with probability interest_pool_share, else a popular item of the interest's category;
     # background_share of all events follow global popularity instead.
     interests: int = 0
+    # How an episode's interest is drawn: weight (1 + episodes since the user last visited it) ** bias.
+    # 0 draws uniformly (an interest returns after a geometric number of episodes, often soon); a
+    # large bias brings back the interest longest away, a cycle through the user's interests (a
+    # replenishment rhythm: a user's interests come due in turn).
+    interest_return_bias: float = 0.0
     interest_pool_items: int = 8
     episode_mean_events: float = 4.0
     interest_pool_share: float = 0.7
@@ -1054,9 +1059,11 @@ class GenrecConfig:
         for name in ("categories", "min_events", "events_per_bucket", "events_per_chunk"):
             if getattr(synth, name) < 1:
                 raise ConfigError(f"synth.{name} must be at least 1")
-        if synth.interests < 0 or synth.interest_pool_items < 1 or synth.episode_mean_events < 1:
-            raise ConfigError("synth.interests must be >= 0 (0: no long-term interests), "
-                              "synth.interest_pool_items and synth.episode_mean_events at least 1")
+        if synth.interests < 0 or synth.interest_pool_items < 1 or synth.episode_mean_events < 1 \
+                or synth.interest_return_bias < 0:
+            raise ConfigError("synth.interests and synth.interest_return_bias must be >= 0 (0: no long-term "
+                              "interests; uniform returns), synth.interest_pool_items and "
+                              "synth.episode_mean_events at least 1")
         for name in ("home_category_share", "session_start_probability", "ultra_max_share",
                      "interest_pool_share", "background_share"):
             if not 0 <= getattr(synth, name) <= 1:

@@ -149,3 +149,23 @@ def test_long_term_interests_put_signal_beyond_the_last_20_items(tmp_path: Path)
     assert set(pd.read_parquet(tmp_path / "interests" / INTERACTIONS_DIR)["item_id"]) <= set(catalogue["item_id"])
     generate(200_000, tmp_path / "again", seed=3, config=long_term)
     assert digest(tmp_path / "again") == digest(tmp_path / "interests")
+
+
+def test_interests_come_due_in_turn_with_a_return_bias() -> None:
+    """The vectorised episode draw against a per-user replay of its own output: with a large bias
+    almost every episode takes the interest longest away; with none, about 1 in `interests` does."""
+    from genrec.data.synth import _due_interests
+
+    episodes = np.array([1, 40, 7, 0, 25])
+    for bias, low, high in ((60.0, 0.95, 1.0), (0.0, 0.0, 0.3)):
+        drawn = _due_interests(episodes, 6, bias, np.random.default_rng(0))
+        assert len(drawn) == episodes.sum() and drawn.min() >= 0 and drawn.max() < 6
+        oldest = total = 0
+        for start, count in zip(np.r_[0, np.cumsum(episodes)[:-1]], episodes):
+            last_seen = {}  # interest -> episode index (unseen interests tie as oldest)
+            for step, interest in enumerate(drawn[start:start + count]):
+                if step >= 6 and len(last_seen) == 6:  # once every interest's age is known
+                    total += 1
+                    oldest += last_seen[interest] == min(last_seen.values())
+                last_seen[interest] = step
+        assert total > 30 and low <= oldest / total <= high, (bias, oldest, total)

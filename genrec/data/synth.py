@@ -234,7 +234,11 @@ def _interest_items(users: np.ndarray, counts: np.ndarray, catalogue: Catalogue,
     # Episodes: each event starts a new one with probability 1 / mean (a user's first always does).
     starts = rng.random(n) < 1.0 / config.episode_mean_events
     starts[first_of_user] = True
-    episode_interest = rng.integers(0, interests, int(starts.sum()))
+    if config.interest_return_bias > 0:
+        episode_interest = _due_interests(np.add.reduceat(starts, first_of_user), interests,
+                                          config.interest_return_bias, rng)
+    else:
+        episode_interest = rng.integers(0, interests, int(starts.sum()))
     interest = episode_interest[np.cumsum(starts) - 1]
     from_pool = rng.random(n) < config.interest_pool_share
     items = _in_category(catalogue, categories[local_user, interest], rng)
@@ -244,6 +248,28 @@ def _interest_items(users: np.ndarray, counts: np.ndarray, catalogue: Catalogue,
     items[background] = np.searchsorted(catalogue.global_cdf, rng.random(int(background.sum()))
                                         * catalogue.global_cdf[-1], side="right")
     return items
+
+
+def _due_interests(episodes: np.ndarray, interests: int, bias: float, rng: np.random.Generator) -> np.ndarray:
+    """Each episode's interest, users' episodes one after the other: drawn with weight
+    (1 + episodes since the interest was last visited) ** bias, so the interest longest away is the
+    most likely to return. All users step together, one episode at a time (the loop runs as many
+    times as the chunk's longest user has episodes, not once per episode)."""
+    users = len(episodes)
+    # Before a user's first episode every interest is as long away as a random order says.
+    age = np.argsort(rng.random((users, interests)), axis=1).astype(np.float64)
+    offsets = np.r_[0, np.cumsum(episodes)[:-1]]
+    out = np.empty(int(episodes.sum()), dtype=np.int64)
+    for step in range(int(episodes.max(initial=0))):
+        active = np.flatnonzero(episodes > step)
+        weights = (1.0 + age[active]) ** bias
+        cumulative = np.cumsum(weights, axis=1)
+        draw = rng.random(len(active)) * cumulative[:, -1]
+        chosen = np.minimum((cumulative < draw[:, None]).sum(axis=1), interests - 1)
+        out[offsets[active] + step] = chosen
+        age[active] += 1.0
+        age[active, chosen] = 0.0
+    return out
 
 
 def _chunks(lengths: np.ndarray, events_per_chunk: int) -> list[np.ndarray]:
