@@ -164,7 +164,7 @@ def arm_record(model: TrainedModel, figures: dict[str, float]) -> dict[str, Any]
 
 
 def measure(recipe: Recipe, seeds: list[int], serving_users: int, serving_history: int,
-            serving_repeats: int) -> None:
+            serving_repeats: int, tag: str = "") -> None:
     name = recipe.dataset
     loads = [load_average()]
     runs: list[dict[str, Any]] = []
@@ -251,7 +251,7 @@ def measure(recipe: Recipe, seeds: list[int], serving_users: int, serving_histor
                           fontsize=9)
         return fig
 
-    save_result(f"long_history_{name}", figures, plot)
+    save_result(f"long_history_{name}" + (f"_{tag}" if tag else ""), figures, plot)
 
 
 def main() -> None:
@@ -262,11 +262,12 @@ def main() -> None:
     parser.add_argument("--serving-users", type=int, default=50)
     parser.add_argument("--serving-history", type=int, default=10_000)
     parser.add_argument("--serving-repeats", type=int, default=4)
+    parser.add_argument("--tag", default="", help="suffix of the result name (a variant, e.g. more tokens)")
     add_config_arguments(parser)
     args = parser.parse_args()
     for name in args.datasets:
         measure(Recipe.from_args(name, args), args.seeds, args.serving_users, args.serving_history,
-                args.serving_repeats)
+                args.serving_repeats, args.tag)
 
 
 if __name__ == "__main__":
