@@ -70,8 +70,9 @@ METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10")
 
 def summary_repo(prepared: Prepared, config: GenrecConfig) -> tuple[Path, dict[str, Any]]:
     """The summariser (trained on the training split) and its Feast repo, cached by what made them:
-    the data set and the VISTA config (the store's settings do not change a summary)."""
-    key = cache_key(prepared.name, dataclasses.asdict(config.vista))
+    the data set's cached split (its folder names the data and bid configs that made it) and the VISTA
+    config (the store's settings do not change a summary)."""
+    key = cache_key(prepared.name, prepared.splits_path.parent.name, dataclasses.asdict(config.vista))
     folder = CACHE / f"vista-{prepared.name}-{key}"
     model_path, repo_dir = folder / "summarizer.pt", folder / "repo"
     if not model_path.is_file():
