@@ -245,7 +245,7 @@ def measure(recipe: Recipe, seeds: list[int], serving_users: int, serving_histor
         p50 = [latency[arm]["p50_ms"] for arm in ARMS]
         bars = axes[1].bar(range(3), p50, color=[colours[a] for a in ARMS])
         axes[1].bar_label(bars, fmt="%.2f ms", fontsize=8)
-        axes[1].set_xticks(range(3), [ARM_LABELS[a] for a in ARMS], fontsize=7)
+        axes[1].set_xticks(range(3), [f"({'abc'[i]}) {arm}" for i, arm in enumerate(ARMS)], fontsize=8)
         axes[1].set_ylabel("p50 per request, batch 1, 1 thread (ms)")
         axes[1].set_title(f"serving at a history of {serving_history:,} items ((b) includes its Feast read)",
                           fontsize=9)
