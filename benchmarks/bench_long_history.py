@@ -2,7 +2,7 @@
 
 - (a) recent: the last 20 items only (`model.recent_items=20`);
 - (b) summary: the last 20 items plus the K VISTA summary tokens, read point in time from the Feast
-  snapshots the pipeline's own library steps write (bench_summary_downstream's `summary_repo`:
+  snapshots the pipeline's own library steps write (`benchmarks.summaries.summary_repo`:
   `train_summarizer`, then `materialize_user_summaries`; training and evaluation join them with
   `get_historical_features`, strictly before each target's time);
 - (c) full: the whole history up to 1,000 items with the decoder's plain attention
@@ -40,7 +40,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from benchmarks.bench_summary_downstream import summary_repo, train_with_summaries
 from benchmarks.common import (
     DATASETS,
     Prepared,
@@ -52,6 +51,7 @@ from benchmarks.common import (
     train_cached,
 )
 from benchmarks.harness import save_result
+from benchmarks.summaries import summary_repo, train_with_summaries
 from genrec.config import GenrecConfig
 from genrec.evaluate import hit_ranks, ranking_metrics, recommend, user_terms
 from genrec.features.read import online_summaries
