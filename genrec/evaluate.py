@@ -16,7 +16,7 @@ import torch
 
 from genrec.model.beam import TrieTables, beam_search
 from genrec.model.decoder import SidDecoder
-from genrec.model.value_tilt import ValueTilt
+from genrec.model.value_tilt import ValueTilt, in_force
 from genrec.train.data import ExampleSet
 from genrec.train.summaries import SummaryProvider
 
@@ -60,7 +60,7 @@ def recommend(decoder: SidDecoder, requests: ExampleSet, tables: TrieTables, bea
     context (its last R items) are never recommended to it. With a `value_tilt` (the model
     artefact's), the search returns its final beam and the tilt picks the K, as the predictor does;
     the scores are then the tilted ones."""
-    tilt = value_tilt if value_tilt is not None and value_tilt.applies else None
+    tilt = in_force(value_tilt)
     pool = tilt.pool(top_k, list(beam_widths)) if tilt is not None else top_k
     was_training = decoder.training
     decoder.eval()

@@ -24,7 +24,7 @@ from genrec.config import GenrecConfig
 from genrec.io import atomic_path
 from genrec.model.beam import TrieTables, beam_search
 from genrec.model.decoder import PAD_ITEM, SidDecoder, SidSpace, build_decoder
-from genrec.model.value_tilt import ValueTilt
+from genrec.model.value_tilt import ValueTilt, in_force
 from genrec.sid.trie import SidTrie
 
 FORMAT_VERSION = 1
@@ -72,7 +72,7 @@ class TrainedModel:
         summary = None if summaries is None else torch.as_tensor(summaries, dtype=torch.float32,
                                                                   device=self.decoder.item_codes.device)
         context = self.decoder.embed_context(self.history_rows(histories), summary)
-        tilt = self.value_tilt if self.value_tilt is not None and self.value_tilt.applies else None
+        tilt = in_force(self.value_tilt)
         pool = tilt.pool(top_k, list(beam_widths)) if tilt is not None else top_k
         result = beam_search(self.decoder, context, self.tables, beam_widths, pool)
         items, scores = result.items.cpu().numpy(), result.scores.cpu().numpy()

@@ -173,9 +173,16 @@ class ValueTilt:
         return cls.from_values(float(entry["weight"]), values)
 
 
+def in_force(value_tilt: ValueTilt | None) -> ValueTilt | None:
+    """The tilt a ranking applies: None where there is none or its weight is 0 (the likelihood
+    ranking, which needs neither a wider search nor a re-ranking)."""
+    return value_tilt if value_tilt is not None and value_tilt.applies else None
+
+
 def value_tilt_note(value_tilt: ValueTilt | None) -> str:
     """One line for a report: how the model's lists were ranked."""
-    if value_tilt is None or not value_tilt.applies:
+    tilt = in_force(value_tilt)
+    if tilt is None:
         return "Lists are ranked by the model's likelihood (no value tilt)."
-    return (f"Lists are the final beam re-ranked by value tilt {value_tilt.weight:g} (train.value_tilt, "
-            f"recorded in the model): p(y) x ((1 - w) + w x value / {value_tilt.mean_value:.3g}), as served.")
+    return (f"Lists are the final beam re-ranked by value tilt {tilt.weight:g} (train.value_tilt, "
+            f"recorded in the model): p(y) x ((1 - w) + w x value / {tilt.mean_value:.3g}), as served.")

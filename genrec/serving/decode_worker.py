@@ -35,6 +35,7 @@ import torch
 from genrec.config import ServingConfig
 from genrec.model.artefact import TrainedModel
 from genrec.model.beam import beam_search
+from genrec.model.value_tilt import in_force
 from genrec.serving.batching import Overloaded
 from genrec.serving.gc_pauses import GcPauses, PauseLog
 from genrec.serving.speculative import RetrievalPool, cluster_of_requests, dare_beam_search
@@ -102,8 +103,7 @@ class BeamSearcher:
         context = self.decoder.embed_context(recent, model_summary)
         # The model's value tilt (as the evaluate step applies it): the search returns the rung's
         # final beam, the tilt picks the top K. A narrow rung leaves it less to choose from.
-        tilt = self.model.value_tilt if self.model.value_tilt is not None and self.model.value_tilt.applies \
-            else None
+        tilt = in_force(self.model.value_tilt)
         found = tilt.pool(batch.top_k, batch.widths) if tilt is not None else batch.top_k
         if self.pool is None or not self.config.dare:
             exclude = None if batch.exclude is None else torch.as_tensor(batch.exclude, dtype=torch.long)
